@@ -1,0 +1,31 @@
+package api
+
+import "time"
+
+const (
+	MethodDaemonStatus = "daemon.status"
+	MethodDaemonStop   = "daemon.stop"
+)
+
+// DaemonStatus describes the running daemon.
+type DaemonStatus struct {
+	Version   string    `json:"version"`
+	PID       int       `json:"pid"`
+	StartedAt time.Time `json:"started_at"`
+	Socket    string    `json:"socket"`
+	StateDir  string    `json:"state_dir"`
+	// VMM is the driver in use and why it was chosen.
+	VMM       string `json:"vmm"`
+	VMMReason string `json:"vmm_reason"`
+	// Accel is the accelerator the driver uses ("kvm" or "tcg") and why.
+	Accel       string `json:"accel"`
+	AccelReason string `json:"accel_reason"`
+	// DiskBackend is the root disk backend "auto" resolves to, and why.
+	DiskBackend       string `json:"disk_backend"`
+	DiskBackendReason string `json:"disk_backend_reason"`
+	VMsRunning        int    `json:"vms_running"`
+	VMsTotal          int    `json:"vms_total"`
+}
+
+// DaemonStopParams asks the daemon to exit. Running VMs keep running.
+type DaemonStopParams struct{}

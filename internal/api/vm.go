@@ -1,0 +1,138 @@
+package api
+
+import "time"
+
+const (
+	MethodVMCreate  = "vm.create" // returns an Op (asynchronous)
+	MethodVMStart   = "vm.start"  // streams EventStage; returns VM
+	MethodVMStop    = "vm.stop"
+	MethodVMRestart = "vm.restart"
+	MethodVMKill    = "vm.kill"
+	MethodVMDelete  = "vm.delete"
+	MethodVMList    = "vm.list"
+	MethodVMShow    = "vm.show"
+	MethodVMLogs    = "vm.logs" // streams EventLog when Follow; returns LogChunk
+	MethodVMSet     = "vm.set"
+	MethodVMPrune   = "vm.prune"
+	MethodVMSSHInfo = "vm.ssh_info"
+)
+
+// VM states.
+const (
+	StateCreating = "creating"
+	StateStopped  = "stopped"
+	StateStarting = "starting"
+	StateRunning  = "running"
+	StateStopping = "stopping"
+)
+
+// VM is the daemon's view of one virtual machine.
+type VM struct {
+	ID    string `json:"id"`
+	Name  string `json:"name"`
+	State string `json:"state"`
+	Image string `json:"image"`
+	VCPU  int    `json:"vcpu"`
+	// MemoryMiB is guest RAM in MiB.
+	MemoryMiB int `json:"memory_mib"`
+	// DiskSizeBytes is the root disk's virtual size; WorkSizeBytes the /root disk's.
+	DiskSizeBytes int64  `json:"disk_size_bytes"`
+	WorkSizeBytes int64  `json:"work_size_bytes"`
+	IP            string `json:"ip"`
+	MAC           string `json:"mac"`
+	Tap           string `json:"tap"`
+	// Driver is the VMM driver; Accel is "kvm" or "tcg" while running.
+	Driver string `json:"driver"`
+	Accel  string `json:"accel,omitempty"`
+	// RootBackend is the copy-on-write backend of the root disk.
+	RootBackend string `json:"root_backend"`
+	RootPath    string `json:"root_path"`
+	WorkPath    string `json:"work_path"`
+	ConsoleLog  string `json:"console_log"`
+	PID         int    `json:"pid,omitempty"`
+	// BootID is the guest kernel's boot_id, read when the guest became ready.
+	BootID    string    `json:"boot_id,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	StartedAt time.Time `json:"started_at,omitempty"`
+	// Stages are the timings of the last create or start.
+	Stages    []Stage `json:"stages,omitempty"`
+	LastError string  `json:"last_error,omitempty"`
+}
+
+// VMCreateParams creates a VM. Zero values take the config defaults.
+type VMCreateParams struct {
+	// Name is a DNS label (1-63 of [a-z0-9-], no leading or trailing '-');
+	// generated when empty.
+	Name  string `json:"name,omitempty"`
+	Image string `json:"image,omitempty"`
+	// VCPU is the number of virtual CPUs; nil takes the config default.
+	VCPU *int `json:"vcpu,omitempty"`
+	// Memory and sizes accept "512M", "1GiB", or bytes.
+	Memory   string `json:"memory,omitempty"`
+	DiskSize string `json:"disk_size,omitempty"`
+	WorkSize string `json:"work_size,omitempty"`
+	// NoStart prepares the VM (disks) without booting it.
+	NoStart bool `json:"no_start,omitempty"`
+}
+
+// VMRef names one VM.
+type VMRef struct {
+	Name string `json:"name"`
+}
+
+// VMStopParams stops a VM gracefully; after Timeout seconds (default 60)
+// the VMM is told to quit and then killed.
+type VMStopParams struct {
+	Name           string `json:"name"`
+	TimeoutSeconds int    `json:"timeout_seconds,omitempty"`
+}
+
+// VMKillParams sends a signal to the VMM (default SIGKILL).
+type VMKillParams struct {
+	Name   string `json:"name"`
+	Signal string `json:"signal,omitempty"` // e.g. "KILL", "SIGTERM", "9"
+}
+
+// VMDeleteParams deletes a VM and everything banger made for it. A running
+// VM is refused unless Force, which kills it first.
+type VMDeleteParams struct {
+	Name  string `json:"name"`
+	Force bool   `json:"force,omitempty"`
+}
+
+// VMSetParams changes a stopped VM's resources. Sizes only grow.
+type VMSetParams struct {
+	Name     string `json:"name"`
+	VCPU     int    `json:"vcpu,omitempty"`
+	Memory   string `json:"memory,omitempty"`
+	WorkSize string `json:"work_size,omitempty"`
+}
+
+// VMPruneResult lists the VMs prune deleted.
+type VMPruneResult struct {
+	Deleted []string `json:"deleted"`
+}
+
+// VMLogsParams reads the serial console log.
+type VMLogsParams struct {
+	Name string `json:"name"`
+	// Tail limits the initial read to the last Tail bytes (0: all).
+	Tail   int64 `json:"tail,omitempty"`
+	Follow bool  `json:"follow,omitempty"`
+}
+
+// LogChunk is a piece of console output.
+type LogChunk struct {
+	Data string `json:"data"`
+}
+
+// SSHInfo is what a client needs to run the system ssh against a VM.
+type SSHInfo struct {
+	Name       string `json:"name"`
+	Host       string `json:"host"`
+	User       string `json:"user"`
+	KeyFile    string `json:"key_file"`
+	KnownHosts string `json:"known_hosts"`
+	// HostKeyAlias is the name the VM's host key is pinned under.
+	HostKeyAlias string `json:"host_key_alias"`
+}

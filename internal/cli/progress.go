@@ -1,0 +1,95 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"golang.org/x/term"
+
+	"banger/internal/api"
+)
+
+// progress draws stage events: on a TTY the running stage is redrawn in
+// place with its elapsed time; otherwise each transition is one plain line.
+type progress struct {
+	w       io.Writer
+	tty     bool
+	current string
+	since   time.Time
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+func newProgress(w io.Writer) *progress {
+	p := &progress{w: w}
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		p.tty = true
+		p.stop, p.done = make(chan struct{}), make(chan struct{})
+		go p.tick()
+	}
+	return p
+}
+
+// tick refreshes the running stage's elapsed time on a TTY.
+func (p *progress) tick() {
+	defer close(p.done)
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+			if p.current != "" {
+				fmt.Fprintf(p.w, "\r\033[K  … %s (%.1fs)", p.current, time.Since(p.since).Seconds())
+			}
+		}
+	}
+}
+
+func (p *progress) stage(st api.Stage) {
+	if !p.tty {
+		switch st.State {
+		case "running":
+			fmt.Fprintf(p.w, "%s ...\n", st.Name)
+		case "skipped":
+			fmt.Fprintf(p.w, "%s skipped (%s)\n", st.Name, st.Detail)
+		default:
+			fmt.Fprintf(p.w, "%s %s (%s)\n", st.Name, st.State, fmtMS(st.DurationMS))
+		}
+		return
+	}
+	switch st.State {
+	case "running":
+		p.current, p.since = st.Name, time.Now()
+		fmt.Fprintf(p.w, "\r\033[K  … %s", st.Name)
+	case "skipped":
+		p.current = ""
+		fmt.Fprintf(p.w, "\r\033[K  - %s (skipped: %s)\n", st.Name, st.Detail)
+	case "failed":
+		p.current = ""
+		fmt.Fprintf(p.w, "\r\033[K  ✗ %s (%s)\n", st.Name, fmtMS(st.DurationMS))
+	default:
+		p.current = ""
+		fmt.Fprintf(p.w, "\r\033[K  ✓ %s (%s)\n", st.Name, fmtMS(st.DurationMS))
+	}
+}
+
+func (p *progress) close() {
+	if p.tty {
+		close(p.stop)
+		<-p.done
+		if p.current != "" {
+			fmt.Fprint(p.w, "\r\033[K")
+		}
+	}
+}
+
+func fmtMS(ms float64) string {
+	if ms < 1000 {
+		return fmt.Sprintf("%.0fms", ms)
+	}
+	return fmt.Sprintf("%.1fs", ms/1000)
+}

@@ -1,0 +1,179 @@
+// Package daemon is bangerd's composition root: it loads the config, opens
+// the store, picks the VMM driver and root disk backend, wires the services,
+// reconciles VMs left by an earlier daemon, and serves the RPC dispatch table
+// (handlers.go) on the Unix socket. Stopping the daemon never stops VMs.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/config"
+	"banger/internal/disk"
+	"banger/internal/guest"
+	"banger/internal/hostnet"
+	"banger/internal/paths"
+	"banger/internal/rpc"
+	"banger/internal/store"
+	"banger/internal/vm"
+	"banger/internal/vmm"
+	"banger/internal/vmm/firecracker"
+	"banger/internal/vmm/qemu"
+)
+
+// Options are bangerd's command-line settings.
+type Options struct {
+	System bool
+	// LogStderr also writes the log to stderr (foreground runs).
+	LogStderr bool
+}
+
+// Daemon is a running bangerd.
+type Daemon struct {
+	paths   paths.Layout
+	cfg     config.Config
+	log     *slog.Logger
+	store   *store.Store
+	vms     *vm.Service
+	server  *rpc.Server
+	started time.Time
+	status  api.DaemonStatus
+	stop    chan struct{}
+}
+
+// Run starts the daemon and serves until SIGTERM/SIGINT or daemon.stop.
+func Run(o Options) error {
+	l, err := paths.Resolve(o.System)
+	if err != nil {
+		return err
+	}
+	if err := l.Ensure(); err != nil {
+		return err
+	}
+	cfg, err := config.Load(l.ConfigFile())
+	if err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(l.DaemonLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	var w io.Writer = logf
+	if o.LogStderr {
+		w = io.MultiWriter(logf, os.Stderr)
+	}
+	var level slog.Level
+	level.UnmarshalText([]byte(cfg.LogLevel))
+	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+
+	d := &Daemon{paths: l, cfg: cfg, log: log, started: time.Now().UTC(), stop: make(chan struct{})}
+	ctx := context.Background()
+	ln, err := rpc.ListenUnix(l.Socket())
+	if err != nil {
+		return err
+	}
+	if err := d.init(ctx); err != nil {
+		ln.Close()
+		return err
+	}
+	defer d.store.Close()
+	os.WriteFile(l.PIDFile(), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600)
+	defer os.Remove(l.PIDFile())
+
+	d.server = rpc.NewServer(log)
+	d.register()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		select {
+		case s := <-sigs:
+			log.Info("signal received; shutting down (VMs keep running)", "signal", s.String())
+		case <-d.stop:
+			log.Info("daemon.stop requested; shutting down (VMs keep running)")
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		d.vms.Shutdown(sctx)
+		d.server.Shutdown(sctx)
+	}()
+	log.Info("bangerd serving", "socket", l.Socket(), "pid", os.Getpid(), "vmm", d.status.VMM, "accel", d.status.Accel, "disk", d.status.DiskBackend)
+	err = d.server.Serve(ln)
+	log.Info("bangerd stopped")
+	return err
+}
+
+func (d *Daemon) init(ctx context.Context) error {
+	var err error
+	if d.store, err = store.Open(ctx, d.paths.Database()); err != nil {
+		return err
+	}
+	keys, err := guest.LoadKeys(d.paths.SSHKey(), d.paths.KnownHosts())
+	if err != nil {
+		return err
+	}
+	driver, why, err := d.chooseDriver(ctx)
+	if err != nil {
+		return err
+	}
+	backend, bwhy, err := disk.Choose(d.cfg.Disk.Backend, driver.Name(), d.paths.VMsDir())
+	if err != nil {
+		return fmt.Errorf("disk.backend: %w", err)
+	}
+	netCfg := hostnet.Config{Bridge: d.cfg.Network.Bridge, CIDR: d.cfg.CIDR(), TapPrefix: hostnet.DefaultTapPrefix}
+	if err := netCfg.Validate(); err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	d.vms = vm.New(vm.Deps{Config: d.cfg, Paths: d.paths, Store: d.store, Driver: driver, Disk: backend,
+		Keys: keys, Net: netCfg, Log: d.log})
+	accel, awhy := driver.Accel()
+	d.status = api.DaemonStatus{Version: api.Version, PID: os.Getpid(), StartedAt: d.started,
+		Socket: d.paths.Socket(), StateDir: d.paths.StateDir, VMM: driver.Name(), VMMReason: why,
+		Accel: accel, AccelReason: awhy, DiskBackend: backend.Name(), DiskBackendReason: bwhy}
+	return d.vms.Reconcile(ctx)
+}
+
+// chooseDriver resolves config vmm: "auto" picks Firecracker when its binary
+// and a usable KVM exist, QEMU otherwise, and says why.
+func (d *Daemon) chooseDriver(ctx context.Context) (vmm.Driver, string, error) {
+	q := qemu.New(qemu.Options{Binary: d.cfg.QEMU.Binary, Accel: d.cfg.QEMU.Accel, CacheDir: d.paths.CacheDir,
+		ProbeKernel: d.probeKernel, Log: d.log})
+	fc := firecracker.New(firecracker.Options{Binary: d.cfg.Firecracker.Binary, Log: d.log})
+	switch d.cfg.VMM {
+	case "qemu":
+		return q, "vmm = \"qemu\" in config", qemu.Probe(d.cfg.QEMU.Binary)
+	case "firecracker":
+		if err := firecracker.Probe(d.cfg.Firecracker.Binary); err != nil {
+			return nil, "", fmt.Errorf("vmm = \"firecracker\": %w", err)
+		}
+		return fc, "vmm = \"firecracker\" in config", nil
+	}
+	fcErr := firecracker.Probe(d.cfg.Firecracker.Binary)
+	if fcErr == nil {
+		return fc, "auto: firecracker binary and a usable KVM were found", nil
+	}
+	if err := qemu.Probe(d.cfg.QEMU.Binary); err != nil {
+		return nil, "", fmt.Errorf("no usable VMM: firecracker: %v; qemu: %v", fcErr, err)
+	}
+	return q, "auto: firecracker unusable (" + fcErr.Error() + "); using qemu", nil
+}
+
+// probeKernel is a registered kernel the QEMU KVM probe can boot.
+func (d *Daemon) probeKernel() string {
+	ims, err := d.store.ListImages(context.Background())
+	if err != nil || len(ims) == 0 {
+		return ""
+	}
+	return ims[0].Kernel
+}
+
+var errStopping = errors.New("daemon is stopping")

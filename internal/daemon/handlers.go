@@ -1,0 +1,107 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+
+	"banger/internal/api"
+	"banger/internal/rpc"
+	"banger/internal/vm"
+)
+
+// register builds the dispatch table: one line per method.
+func (d *Daemon) register() {
+	h := d.server.Handle
+	h(api.MethodDaemonStatus, func(ctx context.Context, _ json.RawMessage, _ *rpc.Stream) (any, error) {
+		st := d.status
+		st.VMsRunning, st.VMsTotal = d.vms.Counts(ctx)
+		return st, nil
+	})
+	h(api.MethodDaemonStop, func(ctx context.Context, _ json.RawMessage, _ *rpc.Stream) (any, error) {
+		select {
+		case <-d.stop:
+		default:
+			close(d.stop)
+		}
+		return struct{}{}, nil
+	})
+
+	h(api.MethodImageRegister, withParams(func(ctx context.Context, p api.ImageRegisterParams, _ *rpc.Stream) (any, error) {
+		return d.vms.RegisterImage(ctx, p)
+	}))
+	h(api.MethodImageList, func(ctx context.Context, _ json.RawMessage, _ *rpc.Stream) (any, error) {
+		return d.vms.ListImages(ctx)
+	})
+	h(api.MethodImageShow, withParams(func(ctx context.Context, p api.ImageRef, _ *rpc.Stream) (any, error) {
+		return d.vms.ShowImage(ctx, p.Name)
+	}))
+	h(api.MethodImageDelete, withParams(func(ctx context.Context, p api.ImageRef, _ *rpc.Stream) (any, error) {
+		return struct{}{}, d.vms.DeleteImage(ctx, p.Name)
+	}))
+
+	h(api.MethodVMCreate, withParams(func(ctx context.Context, p api.VMCreateParams, _ *rpc.Stream) (any, error) {
+		return d.vms.Create(ctx, p)
+	}))
+	h(api.MethodOpStatus, withParams(func(ctx context.Context, p api.OpRef, _ *rpc.Stream) (any, error) {
+		return d.vms.OpStatus(p.ID)
+	}))
+	h(api.MethodOpWait, withParams(func(ctx context.Context, p api.OpRef, s *rpc.Stream) (any, error) {
+		return d.vms.OpWait(ctx, p.ID, stageSender(s))
+	}))
+	h(api.MethodOpCancel, withParams(func(ctx context.Context, p api.OpRef, _ *rpc.Stream) (any, error) {
+		return d.vms.OpCancel(p.ID)
+	}))
+	h(api.MethodVMStart, withParams(func(ctx context.Context, p api.VMRef, s *rpc.Stream) (any, error) {
+		return d.vms.Start(ctx, p.Name, stageSender(s))
+	}))
+	h(api.MethodVMStop, withParams(func(ctx context.Context, p api.VMStopParams, _ *rpc.Stream) (any, error) {
+		return d.vms.Stop(ctx, p)
+	}))
+	h(api.MethodVMRestart, withParams(func(ctx context.Context, p api.VMRef, s *rpc.Stream) (any, error) {
+		return d.vms.Restart(ctx, p.Name, stageSender(s))
+	}))
+	h(api.MethodVMKill, withParams(func(ctx context.Context, p api.VMKillParams, _ *rpc.Stream) (any, error) {
+		return d.vms.Kill(ctx, p)
+	}))
+	h(api.MethodVMDelete, withParams(func(ctx context.Context, p api.VMDeleteParams, _ *rpc.Stream) (any, error) {
+		return struct{}{}, d.vms.Delete(ctx, p)
+	}))
+	h(api.MethodVMList, func(ctx context.Context, _ json.RawMessage, _ *rpc.Stream) (any, error) {
+		return d.vms.List(ctx)
+	})
+	h(api.MethodVMShow, withParams(func(ctx context.Context, p api.VMRef, _ *rpc.Stream) (any, error) {
+		return d.vms.Show(ctx, p.Name)
+	}))
+	h(api.MethodVMSet, withParams(func(ctx context.Context, p api.VMSetParams, _ *rpc.Stream) (any, error) {
+		return d.vms.Set(ctx, p)
+	}))
+	h(api.MethodVMPrune, func(ctx context.Context, _ json.RawMessage, _ *rpc.Stream) (any, error) {
+		return d.vms.Prune(ctx)
+	})
+	h(api.MethodVMSSHInfo, withParams(func(ctx context.Context, p api.VMRef, _ *rpc.Stream) (any, error) {
+		return d.vms.SSHInfo(ctx, p.Name)
+	}))
+	h(api.MethodVMLogs, withParams(func(ctx context.Context, p api.VMLogsParams, s *rpc.Stream) (any, error) {
+		return d.vms.Logs(ctx, p, func(data string) error {
+			return s.Send(api.EventLog, api.LogChunk{Data: data})
+		})
+	}))
+}
+
+// withParams decodes params strictly into P before calling fn.
+func withParams[P any](fn func(context.Context, P, *rpc.Stream) (any, error)) rpc.HandlerFunc {
+	return func(ctx context.Context, raw json.RawMessage, s *rpc.Stream) (any, error) {
+		var p P
+		if err := rpc.DecodeParams(raw, &p); err != nil {
+			return nil, err
+		}
+		return fn(ctx, p, s)
+	}
+}
+
+func stageSender(s *rpc.Stream) vm.Reporter {
+	return func(st api.Stage) { _ = s.Send(api.EventStage, st) }
+}
+
+var _ = os.Getpid

@@ -1,0 +1,216 @@
+package disk
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+const testKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJtest banger@test\n"
+
+func TestWorkDisk(t *testing.T) {
+	needTools(t, "mkfs.ext4", "debugfs", "e2fsck", "resize2fs", "dumpe2fs")
+	ctx := context.Background()
+	dir := t.TempDir()
+	seed := t.TempDir()
+	if err := os.WriteFile(filepath.Join(seed, ".bashrc"), []byte("export X=1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(seed, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(seed, "bin", "tool"), []byte("#!/bin/sh\necho hi\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(".bashrc", filepath.Join(seed, "rc")); err != nil {
+		t.Fatal(err)
+	}
+	files := []File{
+		{Path: ".ssh", Mode: os.ModeDir | 0o700},
+		{Path: ".ssh/authorized_keys", Mode: 0o600, Data: []byte(testKey)},
+		{Path: "data/owned.txt", Mode: 0o640, Data: []byte("mine\n"), UID: 1000, GID: 1001},
+	}
+	img := filepath.Join(dir, "work.ext4")
+
+	start := time.Now()
+	if err := CreateWorkDisk(ctx, img, 256<<20, seed, files); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("CreateWorkDisk 256 MiB (mkfs.ext4 -d + debugfs): %v", time.Since(start))
+	if size(t, img) != 256<<20 {
+		t.Fatalf("size = %d", size(t, img))
+	}
+	assertOnly(t, dir, "work.ext4")
+	mustRun(t, "e2fsck", "-fn", img)
+	if out := mustRun(t, "dumpe2fs", "-h", img); !regexp.MustCompile(`volume name:\s+banger-work\n`).MatchString(out) {
+		t.Fatal("label is not banger-work")
+	}
+	assertFile(t, img, ".ssh/authorized_keys", testKey)
+	assertFile(t, img, ".bashrc", "export X=1\n")
+	assertFile(t, img, "bin/tool", "#!/bin/sh\necho hi\n")
+	assertInode(t, img, "/", "directory", 0o700, 0, 0)
+	assertInode(t, img, ".ssh", "directory", 0o700, 0, 0)
+	assertInode(t, img, ".ssh/authorized_keys", "regular", 0o600, 0, 0)
+	assertInode(t, img, "data/owned.txt", "regular", 0o640, 1000, 1001)
+	assertInode(t, img, "data", "directory", 0o755, 0, 0)
+	assertInode(t, img, "bin/tool", "regular", 0o755, 0, 0)
+	assertInode(t, img, "rc", "symlink", 0o777, 0, 0)
+	if _, err := ReadFile(ctx, img, "nope"); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("ReadFile of a missing file = %v", err)
+	}
+
+	// Never replaces an existing disk.
+	if err := CreateWorkDisk(ctx, img, 256<<20, "", nil); err == nil {
+		t.Fatal("CreateWorkDisk over an existing disk succeeded")
+	}
+	assertFile(t, img, ".bashrc", "export X=1\n")
+
+	// WriteFiles replaces and adds, creating parents.
+	newKey := "ssh-ed25519 AAAAnewkey banger@test\n"
+	err := WriteFiles(ctx, img, []File{
+		{Path: ".ssh/authorized_keys", Mode: 0o600, Data: []byte(newKey)},
+		{Path: "/new/deep/file.txt", Mode: 0o644, Data: []byte("deep\n"), UID: 1000, GID: 1000},
+		{Path: "new/dir", Mode: os.ModeDir | 0o750, UID: 1000},
+		{Path: "empty", Mode: 0o600},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertFile(t, img, ".ssh/authorized_keys", newKey)
+	assertFile(t, img, "new/deep/file.txt", "deep\n")
+	assertFile(t, img, "empty", "")
+	assertInode(t, img, ".ssh/authorized_keys", "regular", 0o600, 0, 0)
+	assertInode(t, img, "new/deep/file.txt", "regular", 0o644, 1000, 1000)
+	assertInode(t, img, "new/deep", "directory", 0o755, 0, 0)
+	assertInode(t, img, "new/dir", "directory", 0o750, 1000, 0)
+	mustRun(t, "e2fsck", "-fn", img)
+	// Conflicts are refused before anything changes.
+	for _, f := range []File{{Path: ".ssh", Mode: 0o600}, {Path: ".bashrc/x", Mode: 0o600}, {Path: "empty", Mode: os.ModeDir | 0o700}} {
+		err := WriteFiles(ctx, img, []File{{Path: "first", Mode: 0o600}, f})
+		if err == nil || !strings.Contains(err.Error(), "exists and is not") {
+			t.Fatalf("WriteFiles(%s) = %v", f.Path, err)
+		}
+		t.Log(err)
+		if _, err := ReadFile(ctx, img, "first"); err == nil {
+			t.Fatal("a refused WriteFiles changed the disk")
+		}
+	}
+	assertInode(t, img, ".ssh", "directory", 0o700, 0, 0)
+	if err := WriteFiles(ctx, img, []File{{Path: "../escape", Mode: 0o600}}); err == nil {
+		t.Fatal("path outside the disk accepted")
+	}
+
+	// Grow, and refuse to shrink.
+	before := blockCount(t, img)
+	if err := GrowWorkDisk(ctx, img, 512<<20); err != nil {
+		t.Fatal(err)
+	}
+	if after := blockCount(t, img); after <= before || size(t, img) != 512<<20 {
+		t.Fatalf("grow: blocks %d -> %d, size %d", before, after, size(t, img))
+	}
+	assertFile(t, img, ".ssh/authorized_keys", newKey)
+	err = GrowWorkDisk(ctx, img, 256<<20)
+	if err == nil || !strings.Contains(err.Error(), "refusing to shrink") {
+		t.Fatalf("shrink = %v", err)
+	}
+	t.Log(err)
+	if size(t, img) != 512<<20 {
+		t.Fatal("refused shrink changed the size")
+	}
+	if err := GrowWorkDisk(ctx, img, 512<<20); err != nil { // same size: no-op
+		t.Fatal(err)
+	}
+}
+
+// TestWorkDiskRollback: a failing create leaves nothing behind.
+func TestWorkDiskRollback(t *testing.T) {
+	needTools(t, "mkfs.ext4", "debugfs")
+	ctx := context.Background()
+	dir := t.TempDir()
+	img := filepath.Join(dir, "work.ext4")
+	bad := [][]File{
+		{{Path: "../x", Mode: 0o600}},
+		{{Path: "dev", Mode: os.ModeDevice | 0o600}},
+	}
+	for _, files := range bad {
+		if err := CreateWorkDisk(ctx, img, 64<<20, "", files); err == nil {
+			t.Fatalf("CreateWorkDisk(%v) succeeded", files)
+		}
+		assertOnly(t, dir)
+	}
+	// Too small for mkfs: fails in mkfs.
+	err := CreateWorkDisk(ctx, img, 4096, "", nil)
+	if err == nil || !strings.Contains(err.Error(), "mkfs.ext4") {
+		t.Fatalf("tiny disk = %v", err)
+	}
+	t.Log(err)
+	assertOnly(t, dir)
+	if err := CreateWorkDisk(ctx, img, 64<<20, filepath.Join(dir, "missing-seed"), nil); err == nil {
+		t.Fatal("missing seed dir accepted")
+	}
+	assertOnly(t, dir)
+}
+
+func assertOnly(t *testing.T, dir string, names ...string) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range ents {
+		got = append(got, e.Name())
+	}
+	if strings.Join(got, " ") != strings.Join(names, " ") {
+		t.Fatalf("%s holds %v, want %v", dir, got, names)
+	}
+}
+
+func assertFile(t *testing.T, img, path, want string) {
+	t.Helper()
+	got, err := ReadFile(context.Background(), img, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != want {
+		t.Fatalf("%s = %q, want %q", path, got, want)
+	}
+}
+
+var statRE = regexp.MustCompile(`Type: (\S+)\s+Mode:\s+(\d+)[\s\S]*?User:\s+(\d+)\s+Group:\s+(\d+)`)
+
+// assertInode checks type, permissions and owner with debugfs stat.
+func assertInode(t *testing.T, img, path, typ string, perm os.FileMode, uid, gid int) {
+	t.Helper()
+	p := "/"
+	if path != "/" {
+		p, _ = diskPath(path)
+	}
+	out, err := debugfs(context.Background(), nil, "-R", "stat "+q(p), img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := statRE.FindStringSubmatch(string(out))
+	if m == nil {
+		t.Fatalf("stat %s: %s", path, out)
+	}
+	mode, _ := strconv.ParseUint(m[2], 8, 32)
+	if m[1] != typ || os.FileMode(mode) != perm || m[3] != strconv.Itoa(uid) || m[4] != strconv.Itoa(gid) {
+		t.Fatalf("%s: type %s mode %s uid %s gid %s; want %s %04o %d %d", path, m[1], m[2], m[3], m[4], typ, perm, uid, gid)
+	}
+}
+
+func blockCount(t *testing.T, img string) int64 {
+	t.Helper()
+	m := regexp.MustCompile(`Block count:\s+(\d+)`).FindStringSubmatch(mustRun(t, "dumpe2fs", "-h", img))
+	if m == nil {
+		t.Fatal("no block count")
+	}
+	n, _ := strconv.ParseInt(m[1], 10, 64)
+	return n
+}

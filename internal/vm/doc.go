@@ -1,0 +1,31 @@
+// Package vm orchestrates VM lifecycles: create (an asynchronous operation
+// with named stages and rollback), start, stop, restart, kill, delete, set,
+// prune, and reconcile on daemon start. It composes stateless helpers:
+// store (durable intent), disk (root and work disks), hostnet (bridge and
+// taps), vmm drivers (the machine), guest (SSH readiness and commands).
+//
+// Files:
+//
+//	service.go    Service, per-VM locks, views
+//	names.go      VM name validation and generation
+//	validate.go   request validation (daemon-side, before anything is created)
+//	stages.go     stage timing and reporting
+//	ops.go        asynchronous operations: begin / status / wait / cancel
+//	create.go     create: reserve, disks, network, launch, wait for guest
+//	lifecycle.go  start, stop, restart, kill, and the exit watcher
+//	remove.go     delete and prune
+//	reconcile.go  adopting running VMMs and cleaning up after dead ones
+//	images.go     image registration
+//
+// # Locks
+//
+// Lock order (take left before right, never the reverse):
+//
+//	vmLock (one VM's lifecycle lock) → Service.reserve → Service.mu
+//
+// A goroutine holds at most one vmLock at a time. Service.reserve is the
+// narrow reservation lock that makes name uniqueness and address allocation
+// atomic with the row insert. Service.mu guards only the in-memory map of
+// vmLocks and live machines; it is never held across I/O. The store has its
+// own internal serialisation and may be called under any of these locks.
+package vm

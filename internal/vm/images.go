@@ -1,0 +1,162 @@
+package vm
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+
+	"banger/internal/api"
+	"banger/internal/rpc"
+	"banger/internal/store"
+)
+
+var imageNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$`)
+
+// RegisterImage records host files as an unmanaged image after checking that
+// they exist and look like what they claim to be.
+func (s *Service) RegisterImage(ctx context.Context, p api.ImageRegisterParams) (api.Image, error) {
+	if !imageNameRE.MatchString(p.Name) {
+		return api.Image{}, invalid("image name %q: use 1-64 lowercase letters, digits, '.', '_' and '-', starting and ending with a letter or digit", p.Name)
+	}
+	var err error
+	im := store.Image{Name: p.Name, CreatedAt: nowUTC()}
+	if im.RootFS, err = hostFile("--rootfs", p.RootFS, checkExt4); err != nil {
+		return api.Image{}, err
+	}
+	if im.Kernel, err = hostFile("--kernel", p.Kernel, checkKernel); err != nil {
+		return api.Image{}, err
+	}
+	if p.Initrd != "" {
+		if im.Initrd, err = hostFile("--initrd", p.Initrd, nil); err != nil {
+			return api.Image{}, err
+		}
+	}
+	st, _ := os.Stat(im.RootFS)
+	im.SizeBytes = st.Size()
+	s.reserve.Lock()
+	defer s.reserve.Unlock()
+	if _, err := s.Store.GetImage(ctx, p.Name); err == nil {
+		return api.Image{}, rpc.Errorf(rpc.CodeConflict, "an image named %q already exists", p.Name)
+	}
+	if err := s.Store.InsertImage(ctx, im); err != nil {
+		return api.Image{}, err
+	}
+	s.Log.Info("image registered", "image", im.Name, "rootfs", im.RootFS)
+	return imageView(im, nil), nil
+}
+
+// hostFile resolves a user-given path to an absolute, symlink-free path of a
+// regular file and runs check on it.
+func hostFile(flag, p string, check func(*os.File) error) (string, error) {
+	if p == "" {
+		return "", invalid("%s is required", flag)
+	}
+	if !filepath.IsAbs(p) {
+		return "", invalid("%s %q: give an absolute path (the CLI resolves relative ones)", flag, p)
+	}
+	real, err := filepath.EvalSymlinks(p)
+	if err != nil {
+		return "", invalid("%s %q: %v", flag, p, err)
+	}
+	f, err := os.Open(real)
+	if err != nil {
+		return "", invalid("%s %q: %v", flag, p, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		return "", invalid("%s %q: not a regular file", flag, p)
+	}
+	if check != nil {
+		if err := check(f); err != nil {
+			return "", invalid("%s %q: %v", flag, p, err)
+		}
+	}
+	return real, nil
+}
+
+// checkExt4 looks for the ext2/3/4 superblock magic 0xEF53 at offset 1080.
+func checkExt4(f *os.File) error {
+	b := make([]byte, 2)
+	if _, err := f.ReadAt(b, 1080); err != nil || b[0] != 0x53 || b[1] != 0xEF {
+		return fmt.Errorf("not a raw ext4 filesystem image (no ext4 superblock)")
+	}
+	return nil
+}
+
+// checkKernel accepts an ELF vmlinux or an x86 bzImage ("HdrS" at 0x202).
+func checkKernel(f *os.File) error {
+	head := make([]byte, 0x206)
+	n, _ := io.ReadFull(f, head)
+	head = head[:n]
+	if bytes.HasPrefix(head, []byte("\x7fELF")) || (n >= 0x206 && string(head[0x202:0x206]) == "HdrS") {
+		return nil
+	}
+	return fmt.Errorf("not a kernel: want an ELF vmlinux or a bzImage")
+}
+
+func imageView(im store.Image, usedBy []string) api.Image {
+	return api.Image{Name: im.Name, RootFS: im.RootFS, Kernel: im.Kernel, Initrd: im.Initrd, Managed: im.Managed,
+		SizeBytes: im.SizeBytes, CreatedAt: im.CreatedAt, UsedBy: usedBy}
+}
+
+func (s *Service) imageUsers(ctx context.Context) (map[string][]string, error) {
+	vms, err := s.Store.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	users := map[string][]string{}
+	for _, v := range vms {
+		users[v.Image] = append(users[v.Image], v.Name)
+	}
+	return users, nil
+}
+
+// ListImages returns every image with the VMs that use it.
+func (s *Service) ListImages(ctx context.Context) ([]api.Image, error) {
+	ims, err := s.Store.ListImages(ctx)
+	if err != nil {
+		return nil, err
+	}
+	users, err := s.imageUsers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Image, 0, len(ims))
+	for _, im := range ims {
+		out = append(out, imageView(im, users[im.Name]))
+	}
+	return out, nil
+}
+
+// ShowImage returns one image.
+func (s *Service) ShowImage(ctx context.Context, name string) (api.Image, error) {
+	im, err := s.Store.GetImage(ctx, name)
+	if err != nil {
+		return api.Image{}, rpc.Errorf(rpc.CodeNotFound, "no image named %q (see `banger image list`)", name)
+	}
+	users, err := s.imageUsers(ctx)
+	if err != nil {
+		return api.Image{}, err
+	}
+	return imageView(im, users[name]), nil
+}
+
+// DeleteImage removes an image; it refuses while a VM uses it. Registered
+// (unmanaged) files are never deleted.
+func (s *Service) DeleteImage(ctx context.Context, name string) error {
+	s.reserve.Lock()
+	defer s.reserve.Unlock()
+	im, err := s.ShowImage(ctx, name)
+	if err != nil {
+		return err
+	}
+	if len(im.UsedBy) > 0 {
+		return rpc.Errorf(rpc.CodeFailedPrecondition, "image %s is used by VM(s) %v; delete them first", name, im.UsedBy)
+	}
+	return s.Store.DeleteImage(ctx, name)
+}

@@ -1,0 +1,412 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/disk"
+	"banger/internal/hostnet"
+	"banger/internal/rpc"
+	"banger/internal/store"
+	"banger/internal/vmm"
+)
+
+func (s *Service) backendFor(v store.VM) (disk.Backend, error) {
+	b, ok := disk.Backends()[v.Root.Backend]
+	if !ok {
+		return nil, fmt.Errorf("vm %s: unknown root disk backend %q", v.Name, v.Root.Backend)
+	}
+	return b, nil
+}
+
+func (s *Service) driverFor(v store.VM) (vmm.Driver, error) {
+	if v.Driver == s.Driver.Name() {
+		return s.Driver, nil
+	}
+	return nil, fmt.Errorf("vm %s was created with the %s driver but the daemon runs %s (set vmm in config.toml)", v.Name, v.Driver, s.Driver.Name())
+}
+
+// cmdline is the guest kernel command line: the initramfs applies the
+// banger.* settings to the VM's own root disk before switching to it.
+func (s *Service) cmdline(v store.VM) string {
+	gw := s.Net.Gateway()
+	dns := s.Config.Network.DNS
+	if dns == "" {
+		dns = gw.String()
+	}
+	return fmt.Sprintf("console=ttyS0 root=/dev/vda rw panic=-1 net.ifnames=0 banger.hostname=%s banger.ip=%s/%d banger.gw=%s banger.dns=%s banger.work=/dev/vdb",
+		v.Name, v.IP, s.Net.CIDR.Bits(), gw, dns)
+}
+
+// boot runs the network, launch and wait stages. On failure it undoes what it
+// did (VMM, tap, disk activation) and leaves v stopped.
+func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *stages) (err error) {
+	driver, err := s.driverFor(*v)
+	if err != nil {
+		return err
+	}
+	backend, err := s.backendFor(*v)
+	if err != nil {
+		return err
+	}
+	var undo undoStack
+	defer func() {
+		if err != nil {
+			undo.run(s.Log, v.Name)
+			v.State = api.StateStopped
+			v.Handle = nil
+			v.LastError = err.Error()
+			v.Stages = st.list
+			s.save(v)
+		}
+	}()
+	if err := st.run(ctx, StageNetwork, func() error {
+		if err := hostnet.EnsureBridge(s.Net); err != nil {
+			return err
+		}
+		undo.push("delete tap "+v.Tap, func(context.Context) error { return hostnet.DeleteTap(v.Tap) })
+		return hostnet.CreateTap(v.Tap, s.Net.Bridge, -1)
+	}); err != nil {
+		return err
+	}
+
+	var m vmm.Machine
+	if err := st.run(ctx, StageLaunch, func() error {
+		dev, err := backend.Activate(ctx, v.Root)
+		if err != nil {
+			return err
+		}
+		undo.push("deactivate root disk", func(ctx context.Context) error { return backend.Deactivate(ctx, v.Root) })
+		spec := vmm.Spec{
+			Name: v.Name, RunDir: v.Dir, Kernel: im.Kernel, Initrd: im.Initrd, Cmdline: s.cmdline(*v),
+			VCPU: v.VCPU, MemoryMiB: v.MemoryMiB, ConsoleLog: consoleLog(*v),
+			Drives: []vmm.Drive{
+				{ID: "root", Path: dev, Format: vmm.DiskFormat(v.Root.Format), Root: true},
+				{ID: "work", Path: v.WorkPath, Format: vmm.FormatRaw},
+			},
+			NICs: []vmm.NIC{{ID: "net0", Tap: v.Tap, MAC: v.MAC}},
+		}
+		m, err = driver.Start(ctx, spec)
+		if err != nil {
+			return err
+		}
+		undo.push("stop VMM", func(context.Context) error { return killMachine(m) })
+		h := m.Handle()
+		v.Handle = &h
+		v.State = api.StateStarting
+		v.LastError = ""
+		return s.save(v)
+	}); err != nil {
+		return err
+	}
+
+	if err := st.run(ctx, StageWaitGuest, func() error {
+		return s.waitGuest(ctx, v, m)
+	}); err != nil {
+		return err
+	}
+	v.State = api.StateRunning
+	v.StartedAt = nowUTC()
+	v.Stages = st.list
+	if err := s.save(v); err != nil {
+		return err
+	}
+	s.setMachine(v.ID, m)
+	s.watch(v.ID, m)
+	s.Log.Info("vm running", "vm", v.Name, "ip", v.IP, "pid", v.Handle.PID, "accel", v.Handle.Accel, "boot_id", v.BootID)
+	return nil
+}
+
+// waitGuest waits for a real SSH handshake and reads the boot_id. It gives up
+// early, with the console's last lines, if the VMM exits.
+func (s *Service) waitGuest(ctx context.Context, v *store.VM, m vmm.Machine) error {
+	timeout, _ := s.Config.ReadyTimeout()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-m.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	c, err := s.Keys.WaitReady(ctx, v.Name, net.JoinHostPort(v.IP, "22"))
+	if err != nil {
+		select {
+		case <-m.Done():
+			return fmt.Errorf("the VMM exited before the guest was ready; console log %s ends with:\n%s", consoleLog(*v), tail(consoleLog(*v), 15))
+		default:
+			return err
+		}
+	}
+	defer c.Close()
+	v.BootID, err = c.BootID(ctx)
+	return err
+}
+
+func tail(path string, lines int) string {
+	b, _ := os.ReadFile(path)
+	ls := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(ls) > lines {
+		ls = ls[len(ls)-lines:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+func killMachine(m vmm.Machine) error {
+	defer m.Close()
+	select {
+	case <-m.Done():
+		return nil
+	default:
+	}
+	if err := m.Signal(syscall.SIGKILL); err != nil {
+		select {
+		case <-m.Done():
+			return nil
+		default:
+			return err
+		}
+	}
+	select {
+	case <-m.Done():
+		return nil
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("VMM pid %d did not exit after SIGKILL", m.Handle().PID)
+	}
+}
+
+// watch marks the VM stopped and releases its runtime resources when its VMM
+// exits on its own (guest poweroff, crash). Lifecycle operations that stop a
+// VM themselves clear the live machine first, so the watcher then does nothing.
+func (s *Service) watch(id string, m vmm.Machine) {
+	go func() {
+		<-m.Done()
+		unlock := s.lockVM(id)
+		defer unlock()
+		if s.machine(id) != m {
+			return
+		}
+		s.setMachine(id, nil)
+		m.Close()
+		v, err := s.Store.GetVMByID(context.Background(), id)
+		if err != nil {
+			return
+		}
+		s.Log.Warn("VMM exited on its own", "vm", v.Name, "pid", m.Handle().PID)
+		s.releaseRuntime(&v)
+		v.LastError = "the VMM exited without a stop request (guest powered off or crashed); see `banger vm logs " + v.Name + "`"
+		s.save(&v)
+	}()
+}
+
+// releaseRuntime removes what only a running VM needs (tap, disk activation)
+// and marks the row stopped.
+func (s *Service) releaseRuntime(v *store.VM) error {
+	var errs []error
+	if err := hostnet.DeleteTap(v.Tap); err != nil {
+		errs = append(errs, err)
+	}
+	if b, err := s.backendFor(*v); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		errs = append(errs, b.Deactivate(ctx, v.Root))
+		cancel()
+	}
+	v.State = api.StateStopped
+	v.Handle = nil
+	return errors.Join(errs...)
+}
+
+// Start boots a stopped VM.
+func (s *Service) Start(ctx context.Context, name string, report Reporter) (api.VM, error) {
+	v, unlock, err := s.getLocked(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
+	if err := s.startLocked(ctx, &v, report); err != nil {
+		return api.VM{}, err
+	}
+	return s.View(v), nil
+}
+
+func (s *Service) startLocked(ctx context.Context, v *store.VM, report Reporter) error {
+	switch v.State {
+	case api.StateRunning:
+		return rpc.Errorf(rpc.CodeFailedPrecondition, "vm %s is already running", v.Name)
+	case api.StateStopped:
+	default:
+		return rpc.Errorf(rpc.CodeFailedPrecondition, "vm %s is %s; wait for it to finish", v.Name, v.State)
+	}
+	im, err := s.Store.GetImage(ctx, v.Image)
+	if err != nil {
+		return err
+	}
+	st := newStages(v.Name, s.Log, report)
+	if err := st.run(ctx, StagePrepareDisks, func() error {
+		// Refresh the daemon's key in /root (the user may have replaced it).
+		return disk.WriteFiles(ctx, v.WorkPath, s.guestFiles())
+	}); err != nil {
+		return err
+	}
+	return s.boot(ctx, v, im, st)
+}
+
+// Stop shuts the guest down gracefully: it flushes and powers off through
+// SSH (or ACPI when SSH does not answer); after the timeout the VMM is told
+// to quit and then killed.
+func (s *Service) Stop(ctx context.Context, p api.VMStopParams) (api.VM, error) {
+	v, unlock, err := s.getLocked(ctx, p.Name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
+	timeout := 60 * time.Second
+	if p.TimeoutSeconds > 0 {
+		timeout = time.Duration(p.TimeoutSeconds) * time.Second
+	}
+	if err := s.stopLocked(ctx, &v, timeout); err != nil {
+		return api.VM{}, err
+	}
+	return s.View(v), nil
+}
+
+func (s *Service) stopLocked(ctx context.Context, v *store.VM, timeout time.Duration) error {
+	m := s.machine(v.ID)
+	if v.State == api.StateStopped || m == nil {
+		if v.State != api.StateStopped {
+			return rpc.Errorf(rpc.CodeFailedPrecondition, "vm %s is %s", v.Name, v.State)
+		}
+		return nil
+	}
+	v.State = api.StateStopping
+	s.save(v)
+	s.setMachine(v.ID, nil) // the watcher must not race us
+	how := s.shutdownGuest(ctx, v, m, timeout)
+	m.Close()
+	s.Log.Info("vm stopped", "vm", v.Name, "how", how)
+	v.LastError = ""
+	err := s.releaseRuntime(v)
+	s.save(v)
+	return err
+}
+
+// shutdownGuest powers the guest off and waits for the VMM to exit,
+// escalating to QMP quit and then SIGKILL. It returns how the VM stopped.
+func (s *Service) shutdownGuest(ctx context.Context, v *store.VM, m vmm.Machine, timeout time.Duration) string {
+	wait := func(d time.Duration) bool {
+		select {
+		case <-m.Done():
+			return true
+		case <-time.After(d):
+			return false
+		}
+	}
+	asked := false
+	if c, err := s.Keys.Dial(ctx, v.Name, net.JoinHostPort(v.IP, "22"), 10*time.Second); err == nil {
+		// --no-block: the command returns before sshd is stopped.
+		_, err := c.Run(ctx, "sync; systemctl poweroff --no-block 2>/dev/null || poweroff")
+		c.Close()
+		asked = err == nil
+		if err != nil {
+			s.Log.Warn("poweroff over ssh failed", "vm", v.Name, "err", err)
+		}
+	} else {
+		s.Log.Warn("guest not reachable over ssh; using ACPI power button", "vm", v.Name, "err", err)
+	}
+	if !asked {
+		_ = m.CtrlAltDel(ctx)
+	}
+	if wait(timeout) {
+		return "guest powered off"
+	}
+	s.Log.Warn("guest did not power off in time; quitting VMM", "vm", v.Name, "timeout", timeout)
+	qctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_ = m.Quit(qctx)
+	cancel()
+	if wait(5 * time.Second) {
+		return "VMM quit after timeout"
+	}
+	_ = killMachine(m)
+	return "VMM killed after timeout"
+}
+
+// Restart stops and starts a VM; the guest gets a new boot_id.
+func (s *Service) Restart(ctx context.Context, name string, report Reporter) (api.VM, error) {
+	v, unlock, err := s.getLocked(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
+	if err := s.stopLocked(ctx, &v, 60*time.Second); err != nil {
+		return api.VM{}, err
+	}
+	if err := s.startLocked(ctx, &v, report); err != nil {
+		return api.VM{}, err
+	}
+	return s.View(v), nil
+}
+
+var signals = map[string]syscall.Signal{
+	"KILL": syscall.SIGKILL, "TERM": syscall.SIGTERM, "INT": syscall.SIGINT, "HUP": syscall.SIGHUP,
+	"QUIT": syscall.SIGQUIT, "USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2,
+}
+
+// ParseSignal accepts "KILL", "SIGKILL", "kill" or "9" for the allowed signals.
+func ParseSignal(s string) (syscall.Signal, error) {
+	if s == "" {
+		return syscall.SIGKILL, nil
+	}
+	name := strings.TrimPrefix(strings.ToUpper(s), "SIG")
+	if sig, ok := signals[name]; ok {
+		return sig, nil
+	}
+	if n, err := strconv.Atoi(s); err == nil {
+		for _, sig := range signals {
+			if int(sig) == n {
+				return sig, nil
+			}
+		}
+	}
+	return 0, invalid("signal %q is not allowed; use one of KILL, TERM, INT, HUP, QUIT, USR1, USR2", s)
+}
+
+// Kill sends a signal to the VMM at once (default SIGKILL).
+func (s *Service) Kill(ctx context.Context, p api.VMKillParams) (api.VM, error) {
+	sig, err := ParseSignal(p.Signal)
+	if err != nil {
+		return api.VM{}, err
+	}
+	v, unlock, err := s.getLocked(ctx, p.Name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
+	m := s.machine(v.ID)
+	if m == nil {
+		return api.VM{}, rpc.Errorf(rpc.CodeFailedPrecondition, "vm %s is not running", v.Name)
+	}
+	if err := m.Signal(sig); err != nil {
+		return api.VM{}, fmt.Errorf("signal vm %s: %w", v.Name, err)
+	}
+	select {
+	case <-m.Done():
+	case <-time.After(10 * time.Second):
+		return s.View(v), nil // delivered; the watcher cleans up if it exits later
+	}
+	s.setMachine(v.ID, nil)
+	m.Close()
+	err = s.releaseRuntime(&v)
+	v.LastError = ""
+	s.save(&v)
+	s.Log.Info("vm killed", "vm", v.Name, "signal", sig.String())
+	return s.View(v), err
+}

@@ -1,0 +1,201 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/config"
+	"banger/internal/disk"
+	"banger/internal/guest"
+	"banger/internal/hostnet"
+	"banger/internal/paths"
+	"banger/internal/rpc"
+	"banger/internal/store"
+	"banger/internal/vmm"
+)
+
+// Deps are the collaborators a Service composes.
+type Deps struct {
+	Config config.Config
+	Paths  paths.Layout
+	Store  *store.Store
+	Driver vmm.Driver
+	// Disk is the root disk backend for new VMs.
+	Disk disk.Backend
+	Keys *guest.Keys
+	Net  hostnet.Config
+	Log  *slog.Logger
+}
+
+// Service owns every VM's lifecycle.
+type Service struct {
+	Deps
+	ops *opTable
+
+	reserve sync.Mutex // name uniqueness + address allocation (see doc.go for lock order)
+
+	mu    sync.Mutex // guards locks and live; never held across I/O
+	locks map[string]*sync.Mutex
+	live  map[string]vmm.Machine // by VM id: the running machine
+}
+
+// New returns a Service. Call Reconcile before serving requests.
+func New(d Deps) *Service {
+	return &Service{Deps: d, ops: newOpTable(), locks: map[string]*sync.Mutex{}, live: map[string]vmm.Machine{}}
+}
+
+// lockVM takes the VM's lifecycle lock and returns its unlock function.
+func (s *Service) lockVM(id string) func() {
+	s.mu.Lock()
+	l, ok := s.locks[id]
+	if !ok {
+		l = &sync.Mutex{}
+		s.locks[id] = l
+	}
+	s.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+func (s *Service) machine(id string) vmm.Machine {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.live[id]
+}
+
+func (s *Service) setMachine(id string, m vmm.Machine) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m == nil {
+		delete(s.live, id)
+	} else {
+		s.live[id] = m
+	}
+}
+
+// get loads a VM by name, mapping absence to a NotFound RPC error.
+func (s *Service) get(ctx context.Context, name string) (store.VM, error) {
+	v, err := s.Store.GetVM(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return v, rpc.Errorf(rpc.CodeNotFound, "no VM named %q (see `banger vm list`)", name)
+	}
+	return v, err
+}
+
+// getLocked loads a VM by name and takes its lock; the row is re-read under
+// the lock so it is current.
+func (s *Service) getLocked(ctx context.Context, name string) (store.VM, func(), error) {
+	v, err := s.get(ctx, name)
+	if err != nil {
+		return v, nil, err
+	}
+	unlock := s.lockVM(v.ID)
+	v, err = s.get(ctx, name)
+	if err != nil {
+		unlock()
+		return v, nil, err
+	}
+	return v, unlock, nil
+}
+
+// save writes the row, logging (not failing) when the context is gone: state
+// written during rollback must land even after a cancel.
+func (s *Service) save(v *store.VM) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return s.Store.UpdateVM(ctx, *v)
+}
+
+// View converts a row to its API form.
+func (s *Service) View(v store.VM) api.VM {
+	out := api.VM{
+		ID: v.ID, Name: v.Name, State: v.State, Image: v.Image, VCPU: v.VCPU, MemoryMiB: v.MemoryMiB,
+		DiskSizeBytes: v.DiskSize, WorkSizeBytes: v.WorkSize, IP: v.IP, MAC: v.MAC, Tap: v.Tap,
+		Driver: v.Driver, RootBackend: v.Root.Backend, RootPath: v.Root.Path, WorkPath: v.WorkPath,
+		ConsoleLog: consoleLog(v), BootID: v.BootID, CreatedAt: v.CreatedAt, StartedAt: v.StartedAt,
+		Stages: v.Stages, LastError: v.LastError,
+	}
+	if v.Handle != nil {
+		out.PID = v.Handle.PID
+		out.Accel = v.Handle.Accel
+	}
+	return out
+}
+
+// List returns every VM.
+func (s *Service) List(ctx context.Context) ([]api.VM, error) {
+	vms, err := s.Store.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.VM, 0, len(vms))
+	for _, v := range vms {
+		out = append(out, s.View(v))
+	}
+	return out, nil
+}
+
+// Show returns one VM.
+func (s *Service) Show(ctx context.Context, name string) (api.VM, error) {
+	v, err := s.get(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	return s.View(v), nil
+}
+
+// SSHInfo returns what the CLI needs to run the system ssh against a VM.
+func (s *Service) SSHInfo(ctx context.Context, name string) (api.SSHInfo, error) {
+	v, err := s.get(ctx, name)
+	if err != nil {
+		return api.SSHInfo{}, err
+	}
+	if v.State != api.StateRunning {
+		return api.SSHInfo{}, rpc.Errorf(rpc.CodeFailedPrecondition, "vm %s is %s; start it with `banger vm start %s`", v.Name, v.State, v.Name)
+	}
+	return api.SSHInfo{Name: v.Name, Host: v.IP, User: "root", KeyFile: s.Keys.KeyFile,
+		KnownHosts: s.Keys.KnownHosts, HostKeyAlias: guest.Alias(v.Name)}, nil
+}
+
+// Counts returns running and total VMs.
+func (s *Service) Counts(ctx context.Context) (running, total int) {
+	vms, _ := s.Store.ListVMs(ctx)
+	for _, v := range vms {
+		if v.State == api.StateRunning {
+			running++
+		}
+	}
+	return running, len(vms)
+}
+
+func consoleLog(v store.VM) string { return v.Dir + "/console.log" }
+
+// Shutdown cancels running operations (they roll back) and releases the
+// daemon's hold on machines without stopping them.
+func (s *Service) Shutdown(ctx context.Context) {
+	s.ops.cancelAll()
+	s.ops.waitAll(ctx)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, m := range s.live {
+		m.Close()
+		delete(s.live, id)
+	}
+}
+
+func fileExists(p string) error {
+	st, err := os.Stat(p)
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", p)
+	}
+	return nil
+}
