@@ -110,3 +110,22 @@ func TestRemoveStaleRefusesRegularFiles(t *testing.T) {
 		t.Errorf("missing path: %v", err)
 	}
 }
+
+func TestFreshLogKeepsPreviousRun(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "vmm.log")
+	if err := freshLog(p); err != nil { // first run: nothing to keep
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte("run 1 log"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := freshLog(p); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(p); err != nil || len(b) != 0 {
+		t.Errorf("log not fresh: %q, %v", b, err)
+	}
+	if b, _ := os.ReadFile(p + ".old"); string(b) != "run 1 log" {
+		t.Errorf("previous log = %q", b)
+	}
+}

@@ -105,8 +105,9 @@ type Vsock struct {
 	UDSPath  string `json:"uds_path"`
 }
 
-// Logger is the spec's Logger (PUT /logger). Firecracker opens LogPath
-// without creating it: the file must exist.
+// Logger is the spec's Logger (PUT /logger). Older Firecrackers open
+// LogPath without creating it, and all write from offset 0 without
+// truncating: give it a fresh, existing file.
 type Logger struct {
 	LogPath       string `json:"log_path,omitempty"`
 	Level         string `json:"level,omitempty"` // Error, Warning, Info, Debug, Trace, Off

@@ -15,19 +15,23 @@
 //	              plan (hard links / device nodes into the chroot)
 //	available.go  Probe: binary, /dev/kvm and version checks
 //
-// Files per VM (without the jailer; under it, the same names live in /run
-// inside <ChrootBase>/<exec name>/<id>/root):
+// Files per VM (under the jailer the socket and vmm.log are in /run inside
+// <ChrootBase>/<exec name>/<id>/root instead of RunDir):
 //
 //	<RunDir>/firecracker.sock  API socket (Handle.ControlSocket)
-//	<RunDir>/vmm.log           Firecracker's own log (PUT /logger)
-//	Spec.ConsoleLog            the process's stdout and stderr: Firecracker
-//	                           writes the guest serial console to stdout
+//	<RunDir>/vmm.log           Firecracker's own log (PUT /logger); the
+//	                           previous run's is kept as vmm.log.old
+//	Spec.ConsoleLog            the process's stdout and stderr (default
+//	                           <RunDir>/console.log): Firecracker writes the
+//	                           guest serial console to stdout
+//	Spec.GuestChannel          the vsock Unix socket (guest CID 3); under the
+//	                           jailer, a symlink into the jail
 //
 // vmm/proc gives a started process a single output file, so stderr shares
 // the console log with stdout. Firecracker logs to vmm.log once the logger
-// is configured (the first API call), so stderr carries only what
-// Firecracker prints before that, typically why it failed to start; Start
-// quotes it in its error.
+// is configured (the first API call); before that it writes to its standard
+// output, so the console log holds only Firecracker's startup lines and,
+// when it fails to start, why. Start quotes that output in its error.
 //
 // Firecracker opens raw images only (no qcow2), boots only on KVM, and exits
 // when the guest reboots.

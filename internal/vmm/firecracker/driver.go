@@ -25,6 +25,8 @@ const (
 	// logFileName is Firecracker's own log (PUT /logger) in Spec.RunDir
 	// (or jailRunDir). The guest console goes to Spec.ConsoleLog.
 	logFileName = "vmm.log"
+	// defaultConsoleName receives stdout in RunDir when Spec.ConsoleLog is empty.
+	defaultConsoleName = "console.log"
 
 	// guestCID is the guest's vsock context id (0-2 are reserved).
 	guestCID = 3
@@ -171,7 +173,8 @@ func (d *Driver) plan(spec vmm.Spec) (*launch, error) {
 	}
 	l := &launch{id: id, stdout: spec.ConsoleLog}
 	if l.stdout == "" {
-		l.stdout = filepath.Join(spec.RunDir, logFileName)
+		// Not vmm.log: Firecracker's logger writes that from offset 0.
+		l.stdout = filepath.Join(spec.RunDir, defaultConsoleName)
 	}
 	if d.opts.Jailer == nil {
 		l.apiSocket = filepath.Join(spec.RunDir, apiSocketName)
@@ -229,11 +232,7 @@ func (d *Driver) prepare(l *launch, spec vmm.Spec) error {
 		}
 	}
 	if l.jail == nil {
-		f, err := os.OpenFile(filepath.Join(spec.RunDir, logFileName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-		if err != nil {
-			return fmt.Errorf("firecracker: create log file: %w", err)
-		}
-		return f.Close()
+		return freshLog(filepath.Join(spec.RunDir, logFileName))
 	}
 
 	if err := os.RemoveAll(l.jail.Dir); err != nil {
@@ -251,6 +250,22 @@ func (d *Driver) prepare(l *launch, spec vmm.Spec) error {
 		}
 	}
 	return nil
+}
+
+// freshLog keeps the previous run's log as <path>.old and creates an empty
+// log. Firecracker writes its log from offset 0 without truncating (and
+// older versions do not create the file), so an old log must not be reused.
+func freshLog(path string) error {
+	if fi, err := os.Stat(path); err == nil && fi.Size() > 0 {
+		if err := os.Rename(path, path+".old"); err != nil {
+			return fmt.Errorf("firecracker: keep previous log: %w", err)
+		}
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("firecracker: create log file: %w", err)
+	}
+	return f.Close()
 }
 
 // cleanupFiles removes what a failed start leaves behind. The process must
@@ -477,10 +492,8 @@ func (d *Driver) outputTail(l *launch, stdoutOffset int64) string {
 	if l.jail != nil {
 		logPath = l.jail.HostPath(logPath)
 	}
-	if logPath != l.stdout {
-		if s := readTail(logPath, 0); s != "" {
-			parts = append(parts, "--- firecracker log ("+logPath+") ---\n"+s)
-		}
+	if s := readTail(logPath, 0); s != "" {
+		parts = append(parts, "--- firecracker log ("+logPath+") ---\n"+s)
 	}
 	return strings.Join(parts, "\n")
 }
