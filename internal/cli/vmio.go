@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -46,7 +47,9 @@ func (a *app) vmSSHCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "ssh NAME [-- COMMAND ARGS...]",
 		Short: "Open a shell in a VM, or run a command there and exit with its status",
-		Args:  cobra.MinimumNArgs(1),
+		Long: "Open a shell in a VM, or run COMMAND ARGS... there and exit with its status.\n" +
+			"Arguments reach the guest exactly as given (no re-splitting); use `sh -c '...'` for shell syntax.",
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var info api.SSHInfo
 			if err := a.call(cmd.Context(), api.MethodVMSSHInfo, api.VMRef{Name: args[0]}, &info); err != nil {
@@ -58,8 +61,9 @@ func (a *app) vmSSHCmd() *cobra.Command {
 			}
 			argv := append([]string{"ssh"}, sshArgs(info)...)
 			if len(args) > 1 {
-				argv = append(argv, "--")
-				argv = append(argv, args[1:]...)
+				// ssh joins its arguments into one string for the remote
+				// shell; quote each so the guest sees exactly these argv.
+				argv = append(argv, "--", shellJoin(args[1:]))
 			}
 			// Replace this process: the exit status and the terminal are ssh's.
 			return syscall.Exec(sshBin, argv, os.Environ())
@@ -80,4 +84,17 @@ func sshArgs(i api.SSHInfo) []string {
 		"-o", "ConnectTimeout=10",
 		i.User + "@" + i.Host,
 	}
+}
+
+// shellJoin quotes each argument for a POSIX shell and joins them.
+func shellJoin(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		if a != "" && strings.Trim(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%") == "" {
+			q[i] = a
+			continue
+		}
+		q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return strings.Join(q, " ")
 }

@@ -6,7 +6,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -44,6 +43,7 @@ type Daemon struct {
 	log     *slog.Logger
 	store   *store.Store
 	vms     *vm.Service
+	driver  vmm.Driver
 	server  *rpc.Server
 	started time.Time
 	status  api.DaemonStatus
@@ -106,7 +106,7 @@ func Run(o Options) error {
 		d.vms.Shutdown(sctx)
 		d.server.Shutdown(sctx)
 	}()
-	log.Info("bangerd serving", "socket", l.Socket(), "pid", os.Getpid(), "vmm", d.status.VMM, "accel", d.status.Accel, "disk", d.status.DiskBackend)
+	log.Info("bangerd serving", "socket", l.Socket(), "pid", os.Getpid(), "vmm", d.status.VMM, "disk", d.status.DiskBackend)
 	err = d.server.Serve(ln)
 	log.Info("bangerd stopped")
 	return err
@@ -135,10 +135,10 @@ func (d *Daemon) init(ctx context.Context) error {
 	}
 	d.vms = vm.New(vm.Deps{Config: d.cfg, Paths: d.paths, Store: d.store, Driver: driver, Disk: backend,
 		Keys: keys, Net: netCfg, Log: d.log})
-	accel, awhy := driver.Accel()
+	d.driver = driver
 	d.status = api.DaemonStatus{Version: api.Version, PID: os.Getpid(), StartedAt: d.started,
 		Socket: d.paths.Socket(), StateDir: d.paths.StateDir, VMM: driver.Name(), VMMReason: why,
-		Accel: accel, AccelReason: awhy, DiskBackend: backend.Name(), DiskBackendReason: bwhy}
+		DiskBackend: backend.Name(), DiskBackendReason: bwhy}
 	return d.vms.Reconcile(ctx)
 }
 
@@ -175,5 +175,3 @@ func (d *Daemon) probeKernel() string {
 	}
 	return ims[0].Kernel
 }
-
-var errStopping = errors.New("daemon is stopping")

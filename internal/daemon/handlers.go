@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"encoding/json"
-	"os"
 
 	"banger/internal/api"
 	"banger/internal/rpc"
@@ -15,6 +14,7 @@ func (d *Daemon) register() {
 	h := d.server.Handle
 	h(api.MethodDaemonStatus, func(ctx context.Context, _ json.RawMessage, _ *rpc.Stream) (any, error) {
 		st := d.status
+		st.Accel, st.AccelReason = d.driver.Accel()
 		st.VMsRunning, st.VMsTotal = d.vms.Counts(ctx)
 		return st, nil
 	})
@@ -103,5 +103,3 @@ func withParams[P any](fn func(context.Context, P, *rpc.Stream) (any, error)) rp
 func stageSender(s *rpc.Stream) vm.Reporter {
 	return func(st api.Stage) { _ = s.Send(api.EventStage, st) }
 }
-
-var _ = os.Getpid

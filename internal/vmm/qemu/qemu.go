@@ -2,7 +2,7 @@
 // devices, the serial console appended to a per-VM log, and QMP over a Unix
 // socket for control. It uses KVM when a real boot probe shows KVM runs a
 // stock kernel (accel.go), TCG otherwise; under TCG the kernel command line
-// gets tsc_early_khz so the guest does not hang calibrating its clock.
+// gets tsc_early_khz and tsc=reliable so the guest does not hang calibrating its clock.
 package qemu
 
 import (
@@ -71,6 +71,12 @@ func (d *Driver) Args(spec vmm.Spec, accel string) ([]string, error) {
 		if khz, err := HostTSCkHz(); err == nil {
 			cmdline += " tsc_early_khz=" + strconv.Itoa(khz)
 		}
+	}
+	if accel == "tcg" && !strings.Contains(cmdline, "tsc=") {
+		// Under TCG the guest's clocksource watchdog sees the emulated TSC
+		// drift and falls back to jiffies a few seconds in, which stalls
+		// timers; the TSC is in fact monotonic here.
+		cmdline += " tsc=reliable"
 	}
 	a := []string{d.o.Binary,
 		"-name", "banger-" + spec.Name,
