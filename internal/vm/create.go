@@ -78,7 +78,7 @@ func (s *Service) Create(ctx context.Context, p api.VMCreateParams) (api.Op, err
 	}
 	s.Log.Info("create begins", "vm", v.Name, "id", v.ID, "image", v.Image, "ip", v.IP)
 	return s.ops.begin(api.MethodVMCreate, v.Name, func(ctx context.Context, report Reporter) error {
-		unlock := s.lockVM(v.ID)
+		unlock := s.mustLockVM(v.ID)
 		defer unlock()
 		return s.runCreate(ctx, v, req, report)
 	}), nil

@@ -190,7 +190,7 @@ func killMachine(m vmm.Machine) error {
 func (s *Service) watch(id string, m vmm.Machine) {
 	go func() {
 		<-m.Done()
-		unlock := s.lockVM(id)
+		unlock := s.mustLockVM(id)
 		defer unlock()
 		if s.machine(id) != m {
 			return

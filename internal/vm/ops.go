@@ -15,6 +15,7 @@ import (
 type op struct {
 	mu      sync.Mutex
 	info    api.Op
+	running api.Stage // the stage now running, as last reported (replayed to late watchers)
 	subs    map[chan api.Stage]struct{}
 	done    chan struct{}
 	cancel  context.CancelFunc
@@ -88,6 +89,7 @@ func (o *op) report(st api.Stage) {
 	defer o.mu.Unlock()
 	if st.State == "running" {
 		o.info.Stage = st.Name
+		o.running = st
 	} else {
 		o.info.Stages = append(o.info.Stages, st)
 	}
@@ -143,7 +145,7 @@ func (s *Service) OpWait(ctx context.Context, id string, send func(api.Stage)) (
 	// Replay what already happened so a late watcher sees every stage.
 	past := append([]api.Stage(nil), o.info.Stages...)
 	if o.info.Stage != "" {
-		past = append(past, api.Stage{Name: o.info.Stage, State: "running"})
+		past = append(past, o.running)
 	}
 	o.mu.Unlock()
 	for _, st := range past {

@@ -67,7 +67,7 @@ func (s *Service) Prune(ctx context.Context) (api.VMPruneResult, error) {
 		if v.State != api.StateStopped {
 			continue
 		}
-		unlock := s.lockVM(v.ID)
+		unlock := s.mustLockVM(v.ID)
 		cur, err := s.Store.GetVMByID(ctx, v.ID)
 		if err == nil && cur.State == api.StateStopped {
 			if err = s.deleteLocked(ctx, &cur, false); err == nil {

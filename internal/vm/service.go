@@ -40,27 +40,39 @@ type Service struct {
 
 	reserve sync.Mutex // name uniqueness + address allocation (see doc.go for lock order)
 
-	mu    sync.Mutex // guards locks and live; never held across I/O
-	locks map[string]*sync.Mutex
-	live  map[string]vmm.Machine // by VM id: the running machine
+	mu    sync.Mutex               // guards locks and live; never held across I/O
+	locks map[string]chan struct{} // per-VM lifecycle locks (1-slot semaphores, so waits can be canceled)
+	live  map[string]vmm.Machine   // by VM id: the running machine
 }
 
 // New returns a Service. Call Reconcile before serving requests.
 func New(d Deps) *Service {
-	return &Service{Deps: d, ops: newOpTable(), locks: map[string]*sync.Mutex{}, live: map[string]vmm.Machine{}}
+	return &Service{Deps: d, ops: newOpTable(), locks: map[string]chan struct{}{}, live: map[string]vmm.Machine{}}
 }
 
-// lockVM takes the VM's lifecycle lock and returns its unlock function.
-func (s *Service) lockVM(id string) func() {
+// lockVM takes the VM's lifecycle lock and returns its unlock function. It
+// gives up when ctx ends (a client that stops waiting frees its place).
+func (s *Service) lockVM(ctx context.Context, id string) (func(), error) {
 	s.mu.Lock()
 	l, ok := s.locks[id]
 	if !ok {
-		l = &sync.Mutex{}
+		l = make(chan struct{}, 1)
 		s.locks[id] = l
 	}
 	s.mu.Unlock()
-	l.Lock()
-	return l.Unlock
+	select {
+	case l <- struct{}{}:
+		return func() { <-l }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// mustLockVM takes the VM's lock for the daemon's own background work, which
+// is never canceled.
+func (s *Service) mustLockVM(id string) func() {
+	unlock, _ := s.lockVM(context.Background(), id)
+	return unlock
 }
 
 func (s *Service) machine(id string) vmm.Machine {
@@ -89,13 +101,21 @@ func (s *Service) get(ctx context.Context, name string) (store.VM, error) {
 }
 
 // getLocked loads a VM by name and takes its lock; the row is re-read under
-// the lock so it is current.
+// the lock so it is current. A VM still being created is refused at once
+// rather than waited for: its create holds the lock until the guest is up.
 func (s *Service) getLocked(ctx context.Context, name string) (store.VM, func(), error) {
 	v, err := s.get(ctx, name)
 	if err != nil {
 		return v, nil, err
 	}
-	unlock := s.lockVM(v.ID)
+	if v.State == api.StateCreating {
+		return v, nil, rpc.Errorf(rpc.CodeFailedPrecondition,
+			"vm %s is being created; wait for the create to finish or cancel it (Ctrl-C on `banger vm create`)", name)
+	}
+	unlock, err := s.lockVM(ctx, v.ID)
+	if err != nil {
+		return v, nil, err
+	}
 	v, err = s.get(ctx, name)
 	if err != nil {
 		unlock()

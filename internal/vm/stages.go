@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"log/slog"
+	"os"
 	"time"
 
 	"banger/internal/api"
@@ -36,6 +37,9 @@ func (s *stages) run(ctx context.Context, name string, fn func() error) error {
 	s.report(api.Stage{Name: name, State: "running"})
 	start := time.Now()
 	err := fn()
+	if err == nil && os.Getenv(testHoldEnv) == name {
+		err = s.holdForTest(ctx, name)
+	}
 	st := api.Stage{Name: name, State: "done", DurationMS: float64(time.Since(start).Microseconds()) / 1000}
 	if err != nil {
 		st.State = "failed"
@@ -52,3 +56,21 @@ func (s *stages) skip(name, why string) {
 	s.list = append(s.list, st)
 	s.report(st)
 }
+
+// testHoldEnv names the stage after which holdForTest blocks.
+const testHoldEnv = "BANGER_TEST_HOLD_STAGE"
+
+// holdForTest blocks after stage name has done its work until ctx is
+// canceled; it runs only when the daemon was started with
+// BANGER_TEST_HOLD_STAGE=name. It reports the stage as running with detail
+// HeldDetail first, so the end-to-end tests know the stage's resources exist,
+// cancel the create there, and check that the rollback removes them.
+func (s *stages) holdForTest(ctx context.Context, name string) error {
+	s.report(api.Stage{Name: name, State: "running", Detail: HeldDetail})
+	s.log.Warn("holding stage until canceled", "vm", s.vm, "stage", name, "env", testHoldEnv)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// HeldDetail is the detail of the stage event holdForTest sends.
+const HeldDetail = "held for test"
