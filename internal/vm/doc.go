@@ -23,7 +23,10 @@
 //
 //	vmLock (one VM's lifecycle lock) → Service.reserve → Service.mu
 //
-// A goroutine holds at most one vmLock at a time. Service.reserve is the
+// A goroutine holds at most one vmLock at a time. A vmLock is a one-slot
+// semaphore so an RPC waiting for it gives up when its client goes away. A
+// create holds its VM's lock until the guest is up; calls on a VM that is
+// still creating are refused at once instead of queued behind it. Service.reserve is the
 // narrow reservation lock that makes name uniqueness and address allocation
 // atomic with the row insert. Service.mu guards only the in-memory map of
 // vmLocks and live machines; it is never held across I/O. The store has its

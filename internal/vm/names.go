@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/big"
 	"regexp"
+	"unicode/utf8"
 )
 
 var labelRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -19,8 +20,8 @@ func ValidateName(name string) error {
 	switch {
 	case name == "":
 		return fmt.Errorf("VM name is empty")
-	case len(name) > 63:
-		return fmt.Errorf("VM name %q is %d characters long; the limit is 63", name, len(name))
+	case utf8.RuneCountInString(name) > 63:
+		return fmt.Errorf("VM name %q is %d characters long; the limit is 63", name, utf8.RuneCountInString(name))
 	default:
 		return fmt.Errorf("VM name %q is not a DNS label: use 1-63 lowercase letters, digits and '-', not starting or ending with '-'", name)
 	}

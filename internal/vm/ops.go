@@ -92,6 +92,13 @@ func (o *op) report(st api.Stage) {
 		o.running = st
 	} else {
 		o.info.Stages = append(o.info.Stages, st)
+		if st.Name == o.info.Stage {
+			// The running stage ended: nothing runs until the next one
+			// starts, so neither status nor a late watcher's replay
+			// should show it as running.
+			o.info.Stage = ""
+			o.running = api.Stage{}
+		}
 	}
 	for ch := range o.subs {
 		select {

@@ -60,6 +60,11 @@ func (s *Service) lockVM(ctx context.Context, id string) (func(), error) {
 		s.locks[id] = l
 	}
 	s.mu.Unlock()
+	// A select with both cases ready picks one at random: check ctx first so
+	// an already-ended context never takes the lock.
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	select {
 	case l <- struct{}{}:
 		return func() { <-l }, nil
