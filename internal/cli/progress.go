@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/term"
@@ -14,12 +15,14 @@ import (
 // progress draws stage events: on a TTY the running stage is redrawn in
 // place with its elapsed time; otherwise each transition is one plain line.
 type progress struct {
-	w       io.Writer
-	tty     bool
+	w    io.Writer
+	tty  bool
+	stop chan struct{}
+	done chan struct{}
+
+	mu      sync.Mutex // guards current, since and writes to w (the ticker draws too)
 	current string
 	since   time.Time
-	stop    chan struct{}
-	done    chan struct{}
 }
 
 func newProgress(w io.Writer) *progress {
@@ -42,9 +45,11 @@ func (p *progress) tick() {
 		case <-p.stop:
 			return
 		case <-t.C:
+			p.mu.Lock()
 			if p.current != "" {
 				fmt.Fprintf(p.w, "\r\033[K  … %s (%.1fs)", p.current, time.Since(p.since).Seconds())
 			}
+			p.mu.Unlock()
 		}
 	}
 }
@@ -61,6 +66,8 @@ func (p *progress) stage(st api.Stage) {
 		}
 		return
 	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	switch st.State {
 	case "running":
 		p.current, p.since = st.Name, time.Now()
@@ -81,6 +88,8 @@ func (p *progress) close() {
 	if p.tty {
 		close(p.stop)
 		<-p.done
+		p.mu.Lock()
+		defer p.mu.Unlock()
 		if p.current != "" {
 			fmt.Fprint(p.w, "\r\033[K")
 		}
@@ -88,7 +97,7 @@ func (p *progress) close() {
 }
 
 func fmtMS(ms float64) string {
-	if ms < 1000 {
+	if ms < 999.5 { // what rounds to 1000ms prints as 1.0s
 		return fmt.Sprintf("%.0fms", ms)
 	}
 	return fmt.Sprintf("%.1fs", ms/1000)

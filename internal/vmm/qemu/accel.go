@@ -17,6 +17,7 @@ type accelChoice struct {
 	accel, reason string
 }
 
+// probeMu serialises KVM probes and guards Driver.probed.
 var probeMu sync.Mutex
 
 // chooseAccel resolves the configured accelerator. In auto mode KVM is used
@@ -65,32 +66,43 @@ type probeRecord struct {
 	Reason  string    `json:"reason"`
 }
 
+// cachedProbe returns the verdict recorded for this kernel (same path and
+// modification time), from memory or from the cache file. Caller holds probeMu.
 func (d *Driver) cachedProbe(kernel string) (accelChoice, bool) {
-	if d.accel.accel != "" {
-		return d.accel, true
+	st, err := os.Stat(kernel)
+	if err != nil {
+		return accelChoice{}, false
+	}
+	matches := func(r probeRecord) bool { return r.Kernel == kernel && r.ModTime.Equal(st.ModTime()) }
+	if matches(d.probed) {
+		return accelChoice{d.probed.Accel, d.probed.Reason}, true
 	}
 	p := d.probeCacheFile()
-	st, err := os.Stat(kernel)
-	if p == "" || err != nil {
+	if p == "" {
 		return accelChoice{}, false
 	}
 	var r probeRecord
 	b, err := os.ReadFile(p)
-	if err != nil || json.Unmarshal(b, &r) != nil || r.Kernel != kernel || !r.ModTime.Equal(st.ModTime()) {
+	if err != nil || json.Unmarshal(b, &r) != nil || !matches(r) {
 		return accelChoice{}, false
 	}
-	d.accel = accelChoice{r.Accel, r.Reason + " (cached probe)"}
-	return d.accel, true
+	r.Reason += " (cached probe)"
+	d.probed = r
+	return accelChoice{r.Accel, r.Reason}, true
 }
 
+// saveProbe records a verdict in memory and in the cache file. Caller holds probeMu.
 func (d *Driver) saveProbe(kernel string, c accelChoice) {
-	d.accel = c
-	p := d.probeCacheFile()
 	st, err := os.Stat(kernel)
-	if p == "" || err != nil {
+	if err != nil {
 		return
 	}
-	b, _ := json.Marshal(probeRecord{Kernel: kernel, ModTime: st.ModTime(), Accel: c.accel, Reason: c.reason})
+	d.probed = probeRecord{Kernel: kernel, ModTime: st.ModTime(), Accel: c.accel, Reason: c.reason}
+	p := d.probeCacheFile()
+	if p == "" {
+		return
+	}
+	b, _ := json.Marshal(d.probed)
 	_ = os.MkdirAll(filepath.Dir(p), 0o700)
 	_ = os.WriteFile(p, b, 0o600)
 }

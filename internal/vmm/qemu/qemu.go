@@ -36,8 +36,8 @@ type Options struct {
 
 // Driver implements vmm.Driver for QEMU.
 type Driver struct {
-	o     Options
-	accel accelChoice
+	o      Options
+	probed probeRecord // last KVM probe verdict (guarded by probeMu)
 }
 
 // New returns a QEMU driver.
@@ -136,7 +136,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	_ = os.Remove(sock)
 	logPath := filepath.Join(spec.RunDir, "vmm.log")
 	d.o.Log.Debug("launch qemu", "vm", spec.Name, "argv", argv)
-	p, err := proc.Start(argv, logPath, sock)
+	p, err := proc.Start(argv, logPath, escapeOpt(sock)) // the marker as it appears in argv
 	if err != nil {
 		return nil, err
 	}
@@ -187,7 +187,7 @@ func logTail(path string) string {
 
 // Adopt re-attaches to a QEMU started by an earlier daemon.
 func (d *Driver) Adopt(ctx context.Context, h vmm.Handle) (vmm.Machine, error) {
-	p, err := proc.Adopt(h.PID, h.StartTime, h.ControlSocket)
+	p, err := proc.Adopt(h.PID, h.StartTime, escapeOpt(h.ControlSocket))
 	if err != nil {
 		return nil, vmm.ErrNotRunning
 	}
