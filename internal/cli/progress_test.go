@@ -87,7 +87,6 @@ func TestProgressPlainFile(t *testing.T) {
 	}
 }
 
-
 // openPTY opens a pseudo-terminal pair in raw mode (no \n -> \r\n
 // translation) and closes both ends at cleanup.
 func openPTY(t *testing.T) (master, slave *os.File) {
