@@ -103,6 +103,9 @@ type Process struct {
 	StartTime uint64
 	Marker    string
 	done      chan struct{}
+	// child is set when Start started the process: until it is reaped its
+	// pid cannot be reused, and os.Process signals it through a pidfd.
+	child *os.Process
 }
 
 // Start runs argv in a new session (so daemon signals and exits do not reach
@@ -128,7 +131,7 @@ func Start(argv []string, logPath, marker string, extraFiles ...*os.File) (*Proc
 		_ = cmd.Wait()
 		return nil, fmt.Errorf("read start time of %s: %w", argv[0], err)
 	}
-	p := &Process{PID: cmd.Process.Pid, StartTime: st, Marker: marker, done: make(chan struct{})}
+	p := &Process{PID: cmd.Process.Pid, StartTime: st, Marker: marker, done: make(chan struct{}), child: cmd.Process}
 	go func() {
 		_ = cmd.Wait()
 		close(p.done)
@@ -178,6 +181,19 @@ func (p *Process) Signal(sig syscall.Signal) error {
 	case <-p.done:
 		return ErrGone
 	default:
+	}
+	if p.child != nil {
+		// Our own unreaped child is ours by construction. Verify could
+		// refuse it just after Start: the kernel resumes the parent
+		// before the new program's argv is set up, so for a moment
+		// /proc/<pid>/cmdline is empty and the marker is not found.
+		if err := p.child.Signal(sig); err != nil {
+			if errors.Is(err, os.ErrProcessDone) {
+				return ErrGone
+			}
+			return err
+		}
+		return nil
 	}
 	if err := Verify(p.PID, p.StartTime, p.Marker); err != nil {
 		return err
