@@ -15,7 +15,8 @@ inventory() {
 	losetup -n -O NAME,BACK-FILE 2>/dev/null | awk '{print "loop " $1 " " $2}'
 	if dmsetup ls >/dev/null 2>&1; then dmsetup ls | awk '$1 != "No" {print "dm " $1}'; fi
 	awk '{print "mount " $2}' /proc/self/mounts
-	ps -eo pid=,args= | awk '$2 ~ /(qemu-system|bangerd|firecracker)/ || $0 ~ /banger(test|bench)/ {print "process " $0}'
+	# Zombies hold no resources (their parent may be a reaper outside the tests).
+	ps -eo pid=,stat=,args= | awk '$2 !~ /^Z/ && ($3 ~ /(qemu-system|bangerd|firecracker)/ || $0 ~ /banger(test|bench)/) {print "process " $0}'
 }
 
 case ${1:-} in
