@@ -73,6 +73,10 @@ type VMCreateParams struct {
 	WorkSize string `json:"work_size,omitempty"`
 	// NoStart prepares the VM (disks) without booting it.
 	NoStart bool `json:"no_start,omitempty"`
+	// KeepFailed keeps a VM whose guest never became ready, stopped and with
+	// its console log, instead of rolling it back, so the failure can be
+	// read. A cancel still removes everything.
+	KeepFailed bool `json:"keep_failed,omitempty"`
 }
 
 // VMRef names one VM.

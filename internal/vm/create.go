@@ -88,7 +88,15 @@ func (s *Service) runCreate(ctx context.Context, v store.VM, req createRequest, 
 	st := newStages(v.Name, s.Log, report)
 	var undo undoStack
 	undo.push("delete VM record", func(ctx context.Context) error { return s.Store.DeleteVM(ctx, v.ID) })
+	booted := false
 	defer func() {
+		if err != nil && booted && req.keepFailed && ctx.Err() == nil {
+			// boot already stopped the VMM and released the tap; the row,
+			// disks and console log stay for `vm logs` (see KeepFailed).
+			s.Log.Warn("create failed; keeping the stopped VM as asked", "vm", v.Name, "err", err)
+			err = fmt.Errorf("%w (vm %s was kept, stopped: read `banger vm logs %s`, remove it with `banger vm delete %s`)", err, v.Name, v.Name, v.Name)
+			return
+		}
 		if err != nil {
 			s.Log.Warn("create failed; rolling back", "vm", v.Name, "err", err)
 			if uerr := undo.run(s.Log, v.Name); uerr != nil {
@@ -144,6 +152,7 @@ func (s *Service) runCreate(ctx context.Context, v store.VM, req createRequest, 
 		v.Stages = st.list
 		return s.save(&v)
 	}
+	booted = true
 	if err := s.boot(ctx, &v, im, st); err != nil {
 		return err
 	}

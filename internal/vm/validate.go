@@ -19,13 +19,14 @@ import (
 
 // createRequest is a validated VMCreateParams with defaults applied.
 type createRequest struct {
-	name      string
-	image     store.Image
-	vcpu      int
-	memoryMiB int
-	diskSize  int64
-	workSize  int64
-	noStart   bool
+	name       string
+	image      store.Image
+	vcpu       int
+	memoryMiB  int
+	diskSize   int64
+	workSize   int64
+	noStart    bool
+	keepFailed bool
 }
 
 func invalid(format string, args ...any) error {
@@ -34,7 +35,7 @@ func invalid(format string, args ...any) error {
 
 // validateCreate checks every input before anything is created.
 func (s *Service) validateCreate(ctx context.Context, p api.VMCreateParams) (createRequest, error) {
-	r := createRequest{name: p.Name, vcpu: s.Config.VM.VCPU, noStart: p.NoStart}
+	r := createRequest{name: p.Name, vcpu: s.Config.VM.VCPU, noStart: p.NoStart, keepFailed: p.KeepFailed}
 	if r.name != "" {
 		if err := ValidateName(r.name); err != nil {
 			return r, invalid("%v", err)

@@ -1,0 +1,191 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"banger/internal/api"
+)
+
+// runOpts are `vm run`'s own flags (the create flags live in api.VMCreateParams).
+type runOpts struct {
+	rm     bool
+	detach bool
+}
+
+func (a *app) vmRunCmd() *cobra.Command {
+	var p api.VMCreateParams
+	var o runOpts
+	var vcpu int
+	c := &cobra.Command{
+		Use:   "run [PATH] [flags] [-- COMMAND ARGS...]",
+		Short: "Create a fresh VM and open a shell in it, or run a command there and exit with its status",
+		Long: `Create a fresh VM and open a shell in it, or run COMMAND ARGS... there.
+
+  banger vm run                      a shell in a new VM
+  banger vm run -- make test         run a command; banger exits with its status
+  banger vm run --rm -- sh -c 'exit 3'
+
+Arguments after -- reach the guest exactly as given (no re-splitting).
+A VM whose guest never becomes ready is kept (even with --rm) so that
+` + "`banger vm logs NAME`" + ` can show why.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			command := []string(nil)
+			if at := cmd.ArgsLenAtDash(); at >= 0 {
+				args, command = args[:at], args[at:]
+				if len(command) == 0 {
+					return errors.New("nothing after --: give a command to run, or leave out -- for a shell")
+				}
+			}
+			if len(args) > 0 {
+				return fmt.Errorf("workspace mode (vm run PATH) is not available yet; run without %q", args[0])
+			}
+			if o.rm && o.detach {
+				return errors.New("--rm and --detach cannot be combined: a detached VM outlives this command")
+			}
+			if cmd.Flags().Changed("vcpu") {
+				p.VCPU = &vcpu
+			}
+			return a.run(cmd.Context(), p, o, command)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&p.Name, "name", "", "VM name (a DNS label; generated when omitted)")
+	f.StringVar(&p.Image, "image", "", "image to boot (default: the image named \"default\")")
+	f.IntVar(&vcpu, "vcpu", 0, "virtual CPUs (default from config, 2)")
+	f.StringVar(&p.Memory, "memory", "", "memory, e.g. 1GiB or 512M (default from config)")
+	f.StringVar(&p.DiskSize, "disk-size", "", "root disk size (grows the image's virtual size)")
+	f.StringVar(&p.WorkSize, "work-size", "", "size of the /root work disk (default from config, 4GiB)")
+	f.BoolVar(&o.rm, "rm", false, "delete the VM when the shell or command ends")
+	f.BoolVarP(&o.detach, "detach", "d", false, "prepare the VM and return without a shell or command")
+	return c
+}
+
+// run creates the VM, then hands the terminal to a shell or command in it.
+func (a *app) run(ctx context.Context, p api.VMCreateParams, o runOpts, command []string) error {
+	p.KeepFailed = true
+	v, err := a.create(ctx, p)
+	if err != nil {
+		return err
+	}
+	if o.detach {
+		fmt.Fprintln(a.stdout, v.Name)
+		fmt.Fprintf(a.stderr, "vm %s is running at %s; reach it with `banger vm ssh %s`\n", v.Name, v.IP, v.Name)
+		return nil
+	}
+	code, err := a.sshSession(ctx, v.Name, sessionOpts{command: command, tty: len(command) == 0 || a.stdinIsTTY(), stdin: true})
+	if o.rm {
+		if derr := a.deleteQuietly(v.Name); derr != nil {
+			fmt.Fprintf(a.stderr, "banger: could not remove vm %s: %v\n", v.Name, derr)
+			if err == nil {
+				err = derr
+			}
+		}
+	} else if len(command) == 0 {
+		fmt.Fprintf(a.stderr, "vm %s is still running; stop it with `banger vm stop %s` or remove it with `banger vm delete --force %s`\n",
+			v.Name, v.Name, v.Name)
+	}
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return ExitError{code}
+	}
+	return nil
+}
+
+// deleteQuietly force-deletes a VM on a fresh context: it must happen even
+// when the command was interrupted.
+func (a *app) deleteQuietly(name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	return a.call(ctx, api.MethodVMDelete, api.VMDeleteParams{Name: name, Force: true}, nil)
+}
+
+func (a *app) vmExecCmd() *cobra.Command {
+	var interactive, tty bool
+	c := &cobra.Command{
+		Use:   "exec NAME [-i] [-t] [--] COMMAND ARGS...",
+		Short: "Run a command in a running VM and exit with its status",
+		Long: "Run COMMAND ARGS... in a running VM, like `docker exec`: -i attaches stdin, -t allocates a terminal.\n" +
+			"Arguments reach the guest exactly as given (no re-splitting).",
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			code, err := a.sshSession(cmd.Context(), args[0], sessionOpts{command: args[1:], tty: tty, stdin: interactive})
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return ExitError{code}
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVarP(&interactive, "interactive", "i", false, "keep stdin attached")
+	c.Flags().BoolVarP(&tty, "tty", "t", false, "allocate a terminal")
+	c.Flags().SetInterspersed(false) // flags after NAME belong to the command
+	return c
+}
+
+type sessionOpts struct {
+	command []string // empty: a login shell
+	tty     bool     // allocate a terminal in the guest
+	stdin   bool     // attach stdin (otherwise the guest reads /dev/null)
+}
+
+// sshSession runs the system ssh as a child (so banger can act afterwards,
+// e.g. for --rm) and returns the guest's exit status. While it runs, Ctrl-C
+// belongs to the guest: banger ignores SIGINT and lets ssh forward it.
+func (a *app) sshSession(ctx context.Context, name string, o sessionOpts) (int, error) {
+	var info api.SSHInfo
+	if err := a.call(ctx, api.MethodVMSSHInfo, api.VMRef{Name: name}, &info); err != nil {
+		return 0, err
+	}
+	sshBin, err := exec.LookPath("ssh")
+	if err != nil {
+		return 0, fmt.Errorf("ssh not found: install the openssh-client package")
+	}
+	var argv []string
+	switch {
+	case o.tty && a.stdinIsTTY():
+		argv = append(argv, "-t")
+	case o.tty:
+		argv = append(argv, "-tt") // asked for a terminal without one here, like docker exec -t
+	default:
+		argv = append(argv, "-T")
+	}
+	if !o.stdin {
+		argv = append(argv, "-n")
+	}
+	argv = append(argv, sshArgs(info)...)
+	if len(o.command) > 0 {
+		argv = append(argv, "--", shellJoin(o.command))
+	}
+	cmd := exec.Command(sshBin, argv...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, a.stdout, a.stderr
+	signal.Ignore(os.Interrupt, syscall.SIGQUIT)
+	defer signal.Reset(os.Interrupt, syscall.SIGQUIT)
+	err = cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, nil
+	case errors.As(err, &ee) && ee.ExitCode() == 255:
+		return 0, fmt.Errorf("ssh to vm %s failed (exit 255); is it running? see `banger vm show %s`", name, name)
+	case errors.As(err, &ee) && ee.ExitCode() >= 0:
+		return ee.ExitCode(), nil
+	default:
+		return 0, fmt.Errorf("ssh: %w", err)
+	}
+}
+
+func (a *app) stdinIsTTY() bool { return term.IsTerminal(int(os.Stdin.Fd())) }

@@ -1,0 +1,75 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+
+	"banger/internal/api"
+)
+
+// TestRun covers `vm run` in command mode: exit status and exact argv come
+// back, --rm leaves nothing, and `vm exec` reaches a kept VM.
+func TestRun(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{})
+	e.registerImage()
+
+	r := e.run("vm", "run", "--rm", "--name", "gone", "--", "sh", "-c", "echo out; echo err >&2; exit 42")
+	if r.code != 42 {
+		t.Fatalf("vm run --rm -- sh -c 'exit 42': exit %d, want 42\nstderr: %s", r.code, r.stderr)
+	}
+	assertContains(t, "stdout of the guest command", r.stdout, "out\n")
+	assertContains(t, "stderr of the guest command", r.stderr, "err\n")
+	if vms := e.list(); len(vms) != 0 {
+		t.Fatalf("vm run --rm left VMs: %+v", vms)
+	}
+	if d := e.vmDirs(); len(d) != 0 {
+		t.Fatalf("vm run --rm left VM directories: %v", d)
+	}
+	if taps := e.links("bgtap"); len(taps) != 0 {
+		t.Fatalf("vm run --rm left taps: %v", taps)
+	}
+
+	r = e.run("vm", "run", "--name", "kept", "--", "printf", "%s|", "a b", "c")
+	if r.code != 0 || r.stdout != "a b|c|" {
+		t.Fatalf("vm run -- printf '%%s|' 'a b' c: exit %d, stdout %q (want \"a b|c|\")\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	if v := e.show("kept"); v.State != api.StateRunning {
+		t.Fatalf("vm run without --rm: VM is %s, want running", v.State)
+	}
+	if r := e.run("vm", "exec", "kept", "sh", "-c", "hostname; exit 7"); r.code != 7 || strings.TrimSpace(r.stdout) != "kept" {
+		t.Fatalf("vm exec: exit %d stdout %q, want 7 and the hostname", r.code, r.stdout)
+	}
+	in := e.cmd("vm", "exec", "-i", "kept", "tr", "a-z", "A-Z")
+	in.Stdin = strings.NewReader("piped through the guest\n")
+	if out, err := in.Output(); err != nil || string(out) != "PIPED THROUGH THE GUEST\n" {
+		t.Fatalf("vm exec -i with stdin: %q, %v", out, err)
+	}
+	if r := e.run("vm", "run", "--rm", "--detach"); r.code == 0 || !strings.Contains(r.stderr, "cannot be combined") {
+		t.Fatalf("--rm --detach: exit %d, stderr %s", r.code, r.stderr)
+	}
+}
+
+// TestRunKeepsAGuestThatNeverBecameReady: when the guest does not come up in
+// time, `vm run --rm` keeps the stopped VM so its console can be read.
+func TestRunKeepsAGuestThatNeverBecameReady(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{config: "ready_timeout = \"1s\"\n"})
+	e.registerImage()
+	r := e.run("vm", "run", "--rm", "--name", "slow", "--", "true")
+	if r.code == 0 {
+		t.Fatalf("vm run with a 1s ready timeout succeeded: %s", r.stderr)
+	}
+	assertContains(t, "vm run stderr", r.stderr, "vm slow was kept")
+	v := e.show("slow")
+	if v.State != api.StateStopped || v.LastError == "" {
+		t.Fatalf("kept VM: state %s, last error %q; want stopped with the error", v.State, v.LastError)
+	}
+	if taps := e.links("bgtap"); len(taps) != 0 {
+		t.Fatalf("a kept, stopped VM still has taps: %v", taps)
+	}
+	if ps := processesMentioning(e.home + "/state"); len(ps) != 0 {
+		t.Fatalf("a kept, stopped VM still has a VMM: %v", ps)
+	}
+	assertContains(t, "vm logs of the kept VM", e.must("vm", "logs", "slow"), "Linux version")
+}
