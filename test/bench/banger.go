@@ -1,0 +1,218 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"banger/internal/api"
+)
+
+// banger drives the banger CLI of one isolated installation: binaries built
+// for the run and a home (XDG directories) under the run's directory. Every
+// CLI call, and so the daemon the first call starts, runs in the namespace.
+type banger struct {
+	bin    string // directory holding banger and bangerd
+	home   string
+	ns     *netns
+	env    []string
+	status api.DaemonStatus // as read after the daemon started
+}
+
+// buildBanger runs `go build -o <dir>/bin/ ./cmd/banger ./cmd/bangerd`.
+func buildBanger(ctx context.Context, root, dir string) (*banger, error) {
+	bin := filepath.Join(dir, "bin")
+	logf("building banger and bangerd into %s", bin)
+	c := command(ctx, goBinary(), "build", "-o", bin+"/", "./cmd/banger", "./cmd/bangerd")
+	c.Dir = root
+	if out, err := c.CombinedOutput(); err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("go build: %w", ctx.Err())
+		}
+		return nil, fmt.Errorf("go build: %w\n%s", err, out)
+	}
+	return &banger{bin: bin, home: filepath.Join(dir, "home")}, nil
+}
+
+// bangerConfig gives banger the raw runs' guest shape and accelerator, and a
+// bridge name carrying the run's marker.
+func bangerConfig() string {
+	return fmt.Sprintf(`# written by test/bench: the raw runs' guest shape and accelerator
+[qemu]
+accel = "tcg"
+
+[vm]
+vcpu = %d
+memory = "%dMiB"
+work_size = "%dMiB"
+
+[network]
+bridge = "bgbench-bbr0"
+`, guestVCPU, guestMemoryMiB, workDiskMiB)
+}
+
+// setupHome makes the isolated home and the environment pointing at it.
+func (bg *banger) setupHome() error {
+	for _, d := range []string{"config/banger", "state", "cache", "run"} {
+		if err := os.MkdirAll(filepath.Join(bg.home, d), 0o700); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(bg.home, "config/banger/config.toml"), []byte(bangerConfig()), 0o600); err != nil {
+		return err
+	}
+	bg.env = []string{
+		"HOME=" + bg.home,
+		"XDG_CONFIG_HOME=" + bg.home + "/config", "XDG_STATE_HOME=" + bg.home + "/state",
+		"XDG_CACHE_HOME=" + bg.home + "/cache", "XDG_RUNTIME_DIR=" + bg.home + "/run",
+		"BANGER_SYSTEM=", "BANGER_TEST_HOLD_STAGE=",
+	}
+	return nil
+}
+
+// cli builds a banger CLI command in the namespace. Canceling ctx
+// interrupts it like Ctrl-C, so `vm create` cancels the operation and rolls
+// back what it made before it exits.
+func (bg *banger) cli(ctx context.Context, args ...string) *exec.Cmd {
+	c := command(ctx, bg.ns.exec(append([]string{filepath.Join(bg.bin, "banger")}, args...)...)...)
+	c.Env = append(os.Environ(), bg.env...)
+	c.Cancel = func() error { return c.Process.Signal(os.Interrupt) }
+	c.WaitDelay = 2 * time.Minute
+	return c
+}
+
+// run runs the CLI and returns its stdout; the error carries its stderr.
+func (bg *banger) run(ctx context.Context, args ...string) (string, error) {
+	c := bg.cli(ctx, args...)
+	var out, errb bytes.Buffer
+	c.Stdout, c.Stderr = &out, &errb
+	if err := c.Run(); err != nil {
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		return out.String(), fmt.Errorf("banger %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	}
+	return out.String(), nil
+}
+
+// prepare registers the fixture as the default image and starts the daemon
+// (the first CLI call does), so the timed creates never include its start.
+// `daemon status` also settles the accelerator choice before timing.
+func (bg *banger) prepare(ctx context.Context, g guestFiles) error {
+	if _, err := bg.run(ctx, "image", "register", "--name", "default",
+		"--rootfs", g.rootfs, "--kernel", g.kernel, "--initrd", g.initrd); err != nil {
+		return err
+	}
+	st, err := bg.daemonStatus(ctx)
+	if err != nil {
+		return err
+	}
+	bg.status = st
+	logf("banger daemon pid %d started before timing (accel %s: %s; disk backend %s)", st.PID, st.Accel, st.AccelReason, st.DiskBackend)
+	return nil
+}
+
+// daemonStatus asks a running daemon; it never starts one.
+func (bg *banger) daemonStatus(ctx context.Context) (api.DaemonStatus, error) {
+	var st api.DaemonStatus
+	out, err := bg.run(ctx, "daemon", "status", "--json")
+	if err != nil {
+		return st, err
+	}
+	return st, json.Unmarshal([]byte(out), &st)
+}
+
+// bangerIteration times `vm create` and `vm ssh -- true`, reads the VM's
+// stage timings and deletes it.
+func (b *bench) bangerIteration(ctx context.Context, i int, rep *report) error {
+	bg, name := b.bg, "bench"+strconv.Itoa(i)
+	t0 := time.Now()
+	if _, err := bg.run(ctx, "vm", "create", "--name", name); err != nil {
+		return err
+	}
+	create := time.Since(t0)
+	t1 := time.Now()
+	if _, err := bg.run(ctx, "vm", "ssh", name, "--", "true"); err != nil {
+		return err
+	}
+	confirm := time.Since(t1)
+	v, err := bg.show(ctx, name)
+	if err != nil {
+		return err
+	}
+	if _, err := bg.run(ctx, "vm", "delete", "--force", name); err != nil {
+		return err
+	}
+	if err := rep.addBanger(v, create, confirm); err != nil {
+		return err
+	}
+	logf("banger %d/%d: vm create → SSH %.2f s, vm ssh -- true %.2f s", i, b.o.n, create.Seconds(), confirm.Seconds())
+	return nil
+}
+
+func (bg *banger) show(ctx context.Context, name string) (api.VM, error) {
+	var v api.VM
+	out, err := bg.run(ctx, "vm", "show", "--json", name)
+	if err != nil {
+		return v, err
+	}
+	return v, json.Unmarshal([]byte(out), &v)
+}
+
+// deleteAllVMs force-deletes every VM of the installation. A VM still
+// creating is left to stopDaemon: stopping the daemon cancels the create,
+// which rolls it back.
+func (bg *banger) deleteAllVMs(ctx context.Context) error {
+	if _, err := bg.daemonStatus(ctx); err != nil {
+		return nil // no daemon answers; a VMM left behind shows in the leak check
+	}
+	out, err := bg.run(ctx, "vm", "list", "--json")
+	if err != nil {
+		return err
+	}
+	var vms []api.VM
+	if err := json.Unmarshal([]byte(out), &vms); err != nil {
+		return err
+	}
+	var errs []error
+	for _, v := range vms {
+		if v.State == api.StateCreating {
+			continue
+		}
+		if _, err := bg.run(ctx, "vm", "delete", "--force", v.Name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// stopDaemon runs `banger daemon stop` and waits for the daemon to exit. If
+// it does not, it is killed by pid after checking its command line is this
+// run's bangerd.
+func (bg *banger) stopDaemon(ctx context.Context) error {
+	st, err := bg.daemonStatus(ctx)
+	if err != nil {
+		return nil // not running
+	}
+	if _, err := bg.run(ctx, "daemon", "stop"); err != nil {
+		return err
+	}
+	if waitGone(ctx, st.PID, 90*time.Second) {
+		return nil
+	}
+	cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(st.PID) + "/cmdline")
+	if bytes.Contains(cmdline, []byte(bg.bin)) {
+		_ = syscall.Kill(st.PID, syscall.SIGKILL)
+		waitGone(ctx, st.PID, 10*time.Second)
+	}
+	return fmt.Errorf("daemon pid %d did not exit after `banger daemon stop` (killed)", st.PID)
+}
