@@ -23,8 +23,12 @@ type DaemonStatus struct {
 	// DiskBackend is the root disk backend "auto" resolves to, and why.
 	DiskBackend       string `json:"disk_backend"`
 	DiskBackendReason string `json:"disk_backend_reason"`
-	VMsRunning        int    `json:"vms_running"`
-	VMsTotal          int    `json:"vms_total"`
+	// SSHKey and KnownHosts are the daemon's SSH identity and the file its
+	// guests' host keys are pinned in (as NAME.vm).
+	SSHKey     string `json:"ssh_key"`
+	KnownHosts string `json:"known_hosts"`
+	VMsRunning int    `json:"vms_running"`
+	VMsTotal   int    `json:"vms_total"`
 }
 
 // DaemonStopParams asks the daemon to exit. Running VMs keep running.

@@ -15,6 +15,9 @@ const (
 	MethodVMSet     = "vm.set"
 	MethodVMPrune   = "vm.prune"
 	MethodVMSSHInfo = "vm.ssh_info"
+	// MethodVMSSHCheck does an SSH handshake with the guest and returns the
+	// precise error (e.g. a changed host key) when it fails.
+	MethodVMSSHCheck = "vm.ssh_check"
 )
 
 // VM states.

@@ -180,7 +180,12 @@ func (a *app) sshSession(ctx context.Context, name string, o sessionOpts) (int, 
 	case err == nil:
 		return 0, nil
 	case errors.As(err, &ee) && ee.ExitCode() == 255:
-		return 0, fmt.Errorf("ssh to vm %s failed (exit 255); is it running? see `banger vm show %s`", name, name)
+		// ssh's own failure (or the guest command's 255): ask the daemon,
+		// which names the cause (unreachable, changed host key).
+		if cerr := a.call(ctx, api.MethodVMSSHCheck, api.VMRef{Name: name}, nil); cerr != nil {
+			return 0, cerr
+		}
+		return 255, nil
 	case errors.As(err, &ee) && ee.ExitCode() >= 0:
 		return ee.ExitCode(), nil
 	default:

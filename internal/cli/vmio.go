@@ -3,10 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -51,22 +48,14 @@ func (a *app) vmSSHCmd() *cobra.Command {
 			"Arguments reach the guest exactly as given (no re-splitting); use `sh -c '...'` for shell syntax.",
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var info api.SSHInfo
-			if err := a.call(cmd.Context(), api.MethodVMSSHInfo, api.VMRef{Name: args[0]}, &info); err != nil {
+			code, err := a.sshSession(cmd.Context(), args[0], sessionOpts{command: args[1:], tty: len(args) == 1, stdin: true})
+			if err != nil {
 				return err
 			}
-			sshBin, err := exec.LookPath("ssh")
-			if err != nil {
-				return fmt.Errorf("ssh not found: install the openssh-client package")
+			if code != 0 {
+				return ExitError{code}
 			}
-			argv := append([]string{"ssh"}, sshArgs(info)...)
-			if len(args) > 1 {
-				// ssh joins its arguments into one string for the remote
-				// shell; quote each so the guest sees exactly these argv.
-				argv = append(argv, "--", shellJoin(args[1:]))
-			}
-			// Replace this process: the exit status and the terminal are ssh's.
-			return syscall.Exec(sshBin, argv, os.Environ())
+			return nil
 		},
 	}
 }

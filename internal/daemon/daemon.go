@@ -138,7 +138,7 @@ func (d *Daemon) init(ctx context.Context) error {
 	d.driver = driver
 	d.status = api.DaemonStatus{Version: api.Version, PID: os.Getpid(), StartedAt: d.started,
 		Socket: d.paths.Socket(), StateDir: d.paths.StateDir, VMM: driver.Name(), VMMReason: why,
-		DiskBackend: backend.Name(), DiskBackendReason: bwhy}
+		DiskBackend: backend.Name(), DiskBackendReason: bwhy, SSHKey: keys.KeyFile, KnownHosts: keys.KnownHosts}
 	return d.vms.Reconcile(ctx)
 }
 

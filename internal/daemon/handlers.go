@@ -79,6 +79,9 @@ func (d *Daemon) register() {
 	h(api.MethodVMPrune, func(ctx context.Context, _ json.RawMessage, _ *rpc.Stream) (any, error) {
 		return d.vms.Prune(ctx)
 	})
+	h(api.MethodVMSSHCheck, withParams(func(ctx context.Context, p api.VMRef, _ *rpc.Stream) (any, error) {
+		return nil, d.vms.SSHCheck(ctx, p.Name)
+	}))
 	h(api.MethodVMSSHInfo, withParams(func(ctx context.Context, p api.VMRef, _ *rpc.Stream) (any, error) {
 		return d.vms.SSHInfo(ctx, p.Name)
 	}))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"sync"
 	"time"
@@ -186,6 +187,23 @@ func (s *Service) SSHInfo(ctx context.Context, name string) (api.SSHInfo, error)
 	}
 	return api.SSHInfo{Name: v.Name, Host: v.IP, User: "root", KeyFile: s.Keys.KeyFile,
 		KnownHosts: s.Keys.KnownHosts, HostKeyAlias: guest.Alias(v.Name)}, nil
+}
+
+// SSHCheck completes an SSH handshake with a running VM, returning the
+// precise failure (unreachable, changed host key) for the CLI to show.
+func (s *Service) SSHCheck(ctx context.Context, name string) error {
+	info, err := s.SSHInfo(ctx, name)
+	if err != nil {
+		return err
+	}
+	c, err := s.Keys.Dial(ctx, name, net.JoinHostPort(info.Host, "22"), 10*time.Second)
+	if err != nil {
+		if errors.Is(err, guest.ErrHostKeyChanged) {
+			return rpc.Errorf(rpc.CodeFailedPrecondition, "%v", err)
+		}
+		return rpc.Errorf(rpc.CodeUnavailable, "vm %s does not answer SSH at %s: %v", name, info.Host, err)
+	}
+	return c.Close()
 }
 
 // Counts returns running and total VMs.
