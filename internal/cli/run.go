@@ -14,6 +14,7 @@ import (
 	"golang.org/x/term"
 
 	"banger/internal/api"
+	"banger/internal/guest"
 )
 
 // runOpts are `vm run`'s own flags (the create flags live in api.VMCreateParams).
@@ -168,7 +169,7 @@ func (a *app) sshSession(ctx context.Context, name string, o sessionOpts) (int, 
 	}
 	argv = append(argv, sshArgs(info)...)
 	if len(o.command) > 0 {
-		argv = append(argv, "--", shellJoin(o.command))
+		argv = append(argv, "--", guest.ShellJoin(o.command))
 	}
 	cmd := exec.Command(sshBin, argv...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, a.stdout, a.stderr

@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -251,6 +252,35 @@ func (c *Client) Run(ctx context.Context, cmd string) (Result, error) {
 		return res, nil
 	}
 	return res, err
+}
+
+// Exec runs argv in the guest exactly as given (no re-splitting), streaming
+// stdin (nil: none), stdout and stderr, and returns the exit status. When ctx
+// ends the command is killed.
+func (c *Client) Exec(ctx context.Context, argv []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	if len(argv) == 0 {
+		return 0, errors.New("exec: empty argv")
+	}
+	sess, err := c.NewSession()
+	if err != nil {
+		return 0, err
+	}
+	defer sess.Close()
+	sess.Stdin, sess.Stdout, sess.Stderr = stdin, stdout, stderr
+	done := make(chan error, 1)
+	go func() { done <- sess.Run(ShellJoin(argv)) }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		sess.Signal(ssh.SIGKILL)
+		sess.Close()
+		return 0, ctx.Err()
+	}
+	var ee *ssh.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitStatus(), nil
+	}
+	return 0, err
 }
 
 // BootID reads the guest kernel's boot_id.
