@@ -129,4 +129,3 @@ func TestShellJoinCommandWord(t *testing.T) {
 		}
 	}
 }
-
