@@ -60,6 +60,22 @@ type VM struct {
 	// Stages are the timings of the last create or start.
 	Stages    []Stage `json:"stages,omitempty"`
 	LastError string  `json:"last_error,omitempty"`
+	// Workspace is the repository copied in, if any.
+	Workspace *Workspace `json:"workspace,omitempty"`
+}
+
+// Workspace records a host directory copied into a VM.
+type Workspace struct {
+	// Source is the host work tree (resolved, absolute); Dest the guest directory.
+	Source string `json:"source"`
+	Dest   string `json:"dest"`
+	// BaseCommit is the host commit the copy started from ("" for a plain
+	// directory or an empty repository); export diffs against it.
+	BaseCommit string    `json:"base_commit,omitempty"`
+	Branch     string    `json:"branch,omitempty"`
+	Files      int       `json:"files"`
+	Bytes      int64     `json:"bytes"`
+	PreparedAt time.Time `json:"prepared_at"`
 }
 
 // VMCreateParams creates a VM. Zero values take the config defaults.

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/api"
 	"banger/internal/disk"
 	"banger/internal/vmm"
 )
@@ -48,6 +49,7 @@ func TestMigrateAndRoundTrip(t *testing.T) {
 	}
 	v.Handle = &vmm.Handle{Driver: "qemu", PID: 42, StartTime: 7}
 	v.State = "running"
+	v.Workspace = &api.Workspace{Source: "/src/repo", Dest: "/root/repo", BaseCommit: "abc", Files: 3}
 	if err := s.UpdateVM(ctx, v); err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +57,8 @@ func TestMigrateAndRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Handle == nil || got.Handle.PID != 42 || got.Root.Backend != "qcow2" || got.State != "running" {
+	if got.Handle == nil || got.Handle.PID != 42 || got.Root.Backend != "qcow2" || got.State != "running" ||
+		got.Workspace == nil || *got.Workspace != *v.Workspace {
 		t.Fatalf("round trip: %+v", got)
 	}
 	if _, err := s.GetVM(ctx, "nope"); !errors.Is(err, ErrNotFound) {

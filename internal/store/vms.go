@@ -37,10 +37,11 @@ type VM struct {
 	LastError string
 	CreatedAt time.Time
 	StartedAt time.Time
+	Workspace *api.Workspace // nil until a workspace is prepared
 }
 
 const vmCols = `id, name, image, state, vcpu, memory_mib, disk_size, work_size, ip, mac, tap, driver,
-	root_json, work_path, dir, handle_json, boot_id, stages_json, last_error, created_at, started_at`
+	root_json, work_path, dir, handle_json, boot_id, stages_json, last_error, created_at, started_at, workspace_json`
 
 func fmtTime(t time.Time) string {
 	if t.IsZero() {
@@ -51,10 +52,10 @@ func fmtTime(t time.Time) string {
 
 func scanVM(sc interface{ Scan(...any) error }) (VM, error) {
 	var v VM
-	var root, handle, stages, created, started string
+	var root, handle, stages, created, started, workspace string
 	err := sc.Scan(&v.ID, &v.Name, &v.Image, &v.State, &v.VCPU, &v.MemoryMiB, &v.DiskSize, &v.WorkSize,
 		&v.IP, &v.MAC, &v.Tap, &v.Driver, &root, &v.WorkPath, &v.Dir, &handle, &v.BootID, &stages,
-		&v.LastError, &created, &started)
+		&v.LastError, &created, &started, &workspace)
 	if err != nil {
 		return v, err
 	}
@@ -68,6 +69,12 @@ func scanVM(sc interface{ Scan(...any) error }) (VM, error) {
 		}
 	}
 	_ = json.Unmarshal([]byte(stages), &v.Stages)
+	if workspace != "" {
+		v.Workspace = new(api.Workspace)
+		if err := json.Unmarshal([]byte(workspace), v.Workspace); err != nil {
+			return v, fmt.Errorf("vm %s: workspace_json: %w", v.Name, err)
+		}
+	}
 	v.CreatedAt, _ = time.Parse(time.RFC3339Nano, created)
 	v.StartedAt, _ = time.Parse(time.RFC3339Nano, started)
 	return v, nil
@@ -84,14 +91,19 @@ func vmArgs(v VM) []any {
 	if v.Stages == nil {
 		stages = []byte("[]")
 	}
+	workspace := ""
+	if v.Workspace != nil {
+		b, _ := json.Marshal(v.Workspace)
+		workspace = string(b)
+	}
 	return []any{v.ID, v.Name, v.Image, v.State, v.VCPU, v.MemoryMiB, v.DiskSize, v.WorkSize, v.IP, v.MAC,
 		v.Tap, v.Driver, string(root), v.WorkPath, v.Dir, handle, v.BootID, string(stages), v.LastError,
-		fmtTime(v.CreatedAt), fmtTime(v.StartedAt)}
+		fmtTime(v.CreatedAt), fmtTime(v.StartedAt), workspace}
 }
 
 // InsertVM adds a VM row. Name and IP uniqueness are enforced by the schema.
 func (s *Store) InsertVM(ctx context.Context, v VM) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO vms(`+vmCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, vmArgs(v)...)
+	_, err := s.db.ExecContext(ctx, `INSERT INTO vms(`+vmCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, vmArgs(v)...)
 	return err
 }
 
@@ -100,7 +112,7 @@ func (s *Store) UpdateVM(ctx context.Context, v VM) error {
 	a := vmArgs(v)
 	res, err := s.db.ExecContext(ctx, `UPDATE vms SET name=?, image=?, state=?, vcpu=?, memory_mib=?, disk_size=?,
 		work_size=?, ip=?, mac=?, tap=?, driver=?, root_json=?, work_path=?, dir=?, handle_json=?, boot_id=?,
-		stages_json=?, last_error=?, created_at=?, started_at=? WHERE id=?`, append(a[1:], a[0])...)
+		stages_json=?, last_error=?, created_at=?, started_at=?, workspace_json=? WHERE id=?`, append(a[1:], a[0])...)
 	if err != nil {
 		return err
 	}

@@ -145,7 +145,7 @@ func (s *Service) View(v store.VM) api.VM {
 		DiskSizeBytes: v.DiskSize, WorkSizeBytes: v.WorkSize, IP: v.IP, MAC: v.MAC, Tap: v.Tap,
 		Driver: v.Driver, RootBackend: v.Root.Backend, RootPath: v.Root.Path, WorkPath: v.WorkPath,
 		ConsoleLog: consoleLog(v), BootID: v.BootID, CreatedAt: v.CreatedAt, StartedAt: v.StartedAt,
-		Stages: v.Stages, LastError: v.LastError,
+		Stages: v.Stages, LastError: v.LastError, Workspace: v.Workspace,
 	}
 	if v.Handle != nil {
 		out.PID = v.Handle.PID
