@@ -17,4 +17,6 @@ const (
 	EventStage = "stage"
 	// EventLog carries a LogChunk (vm.logs --follow).
 	EventLog = "log"
+	// EventProgress carries a Progress (bytes moved, e.g. a workspace copy).
+	EventProgress = "progress"
 )

@@ -18,6 +18,9 @@ const (
 	// MethodVMSSHCheck does an SSH handshake with the guest and returns the
 	// precise error (e.g. a changed host key) when it fails.
 	MethodVMSSHCheck = "vm.ssh_check"
+	// Workspaces: prepare streams EventProgress and returns WorkspacePrepareResult.
+	MethodVMWorkspacePrepare = "vm.workspace.prepare"
+	MethodVMWorkspaceExport  = "vm.workspace.export"
 )
 
 // VM states.
@@ -69,9 +72,16 @@ type Workspace struct {
 	// Source is the host work tree (resolved, absolute); Dest the guest directory.
 	Source string `json:"source"`
 	Dest   string `json:"dest"`
-	// BaseCommit is the host commit the copy started from ("" for a plain
-	// directory or an empty repository); export diffs against it.
+	// Mode is "git" (tracked files and history) or "plain" (a directory
+	// outside any git work tree, copied whole).
+	Mode string `json:"mode"`
+	// Subdir is where in Dest the given path lies: commands start there.
+	Subdir string `json:"subdir,omitempty"`
+	// BaseCommit is the commit the guest's HEAD started at (the host's
+	// HEAD); Snapshot is a guest commit of the tree exactly as copied.
+	// Export defaults to Snapshot: only what changed in the guest.
 	BaseCommit string    `json:"base_commit,omitempty"`
+	Snapshot   string    `json:"snapshot,omitempty"`
 	Branch     string    `json:"branch,omitempty"`
 	Files      int       `json:"files"`
 	Bytes      int64     `json:"bytes"`
@@ -158,4 +168,54 @@ type SSHInfo struct {
 	KnownHosts string `json:"known_hosts"`
 	// HostKeyAlias is the name the VM's host key is pinned under.
 	HostKeyAlias string `json:"host_key_alias"`
+}
+
+// WorkspacePrepareParams copies a host directory into a running VM.
+type WorkspacePrepareParams struct {
+	Name string `json:"name"`
+	// Path is the host directory, absolute (the CLI resolves it against
+	// its working directory).
+	Path string `json:"path"`
+	// Dest is the guest directory (default /root/repo).
+	Dest             string `json:"dest,omitempty"`
+	IncludeUntracked bool   `json:"include_untracked,omitempty"`
+	// Branch creates a guest-side branch at From (a host revision, default HEAD).
+	Branch string `json:"branch,omitempty"`
+	From   string `json:"from,omitempty"`
+	// Replace an existing, non-empty Dest.
+	Replace bool `json:"replace,omitempty"`
+	// DryRun lists what would be sent; nothing is copied.
+	DryRun bool `json:"dry_run,omitempty"`
+}
+
+// WorkspacePrepareResult is the prepared workspace, plus what a person
+// should know (submodules, LFS, skipped files).
+type WorkspacePrepareResult struct {
+	Workspace Workspace `json:"workspace"`
+	Warnings  []string  `json:"warnings,omitempty"`
+	// Listing is the dry run's file list (DryRun only).
+	Listing string `json:"listing,omitempty"`
+}
+
+// WorkspaceExportParams asks for the guest's changes as a patch.
+type WorkspaceExportParams struct {
+	Name string `json:"name"`
+	// BaseCommit diffs against this commit instead of the workspace's
+	// snapshot (e.g. the workspace's base_commit, to include the host's
+	// uncommitted changes that were copied in).
+	BaseCommit string `json:"base_commit,omitempty"`
+	// Commits exports the guest's commits as an mbox for `git am`.
+	Commits bool `json:"commits,omitempty"`
+}
+
+// WorkspaceExportResult carries the patch text (git's binary patches are ASCII).
+type WorkspaceExportResult struct {
+	Patch string `json:"patch"`
+}
+
+// Progress reports bytes moved by a long step (EventProgress).
+type Progress struct {
+	Phase string `json:"phase"`
+	Bytes int64  `json:"bytes"`
+	Total int64  `json:"total,omitempty"`
 }

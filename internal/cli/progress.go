@@ -102,3 +102,38 @@ func fmtMS(ms float64) string {
 	}
 	return fmt.Sprintf("%.1fs", ms/1000)
 }
+
+// byteProgress draws byte counts of a long copy: redrawn in place on a TTY,
+// one line per phase otherwise.
+type byteProgress struct {
+	w     io.Writer
+	tty   bool
+	phase string
+	drawn bool
+}
+
+func newByteProgress(w io.Writer) *byteProgress {
+	f, ok := w.(*os.File)
+	return &byteProgress{w: w, tty: ok && term.IsTerminal(int(f.Fd()))}
+}
+
+func (p *byteProgress) update(pr api.Progress) {
+	total := ""
+	if pr.Total > 0 {
+		total = " / " + humanBytes(pr.Total)
+	}
+	switch {
+	case p.tty:
+		fmt.Fprintf(p.w, "\r\033[K  … sending %s: %s%s", pr.Phase, humanBytes(pr.Bytes), total)
+		p.drawn = true
+	case pr.Phase != p.phase:
+		fmt.Fprintf(p.w, "sending %s%s\n", pr.Phase, total)
+	}
+	p.phase = pr.Phase
+}
+
+func (p *byteProgress) close() {
+	if p.drawn {
+		fmt.Fprint(p.w, "\r\033[K")
+	}
+}

@@ -19,8 +19,10 @@ import (
 
 // runOpts are `vm run`'s own flags (the create flags live in api.VMCreateParams).
 type runOpts struct {
-	rm     bool
-	detach bool
+	rm        bool
+	detach    bool
+	workspace string // host path to copy in ("" for none)
+	ws        api.WorkspacePrepareParams
 }
 
 func (a *app) vmRunCmd() *cobra.Command {
@@ -35,6 +37,8 @@ func (a *app) vmRunCmd() *cobra.Command {
   banger vm run                      a shell in a new VM
   banger vm run -- make test         run a command; banger exits with its status
   banger vm run --rm -- sh -c 'exit 3'
+  banger vm run ./repo -- make test  copy a git work tree in first, run there
+
 
 Arguments after -- reach the guest exactly as given (no re-splitting).
 A VM whose guest never becomes ready is kept (even with --rm) so that
@@ -47,8 +51,11 @@ A VM whose guest never becomes ready is kept (even with --rm) so that
 					return errors.New("nothing after --: give a command to run, or leave out -- for a shell")
 				}
 			}
-			if len(args) > 0 {
-				return fmt.Errorf("workspace mode (vm run PATH) is not available yet; run without %q", args[0])
+			if len(args) > 1 {
+				return fmt.Errorf("one workspace PATH at most (got %q); put the command after --", args)
+			}
+			if len(args) == 1 {
+				o.workspace = args[0]
 			}
 			if o.rm && o.detach {
 				return errors.New("--rm and --detach cannot be combined: a detached VM outlives this command")
@@ -68,6 +75,7 @@ A VM whose guest never becomes ready is kept (even with --rm) so that
 	f.StringVar(&p.WorkSize, "work-size", "", "size of the /root work disk (default from config, 4GiB)")
 	f.BoolVar(&o.rm, "rm", false, "delete the VM when the shell or command ends")
 	f.BoolVarP(&o.detach, "detach", "d", false, "prepare the VM and return without a shell or command")
+	a.workspaceFlags(c, &o.ws)
 	return c
 }
 
@@ -78,12 +86,26 @@ func (a *app) run(ctx context.Context, p api.VMCreateParams, o runOpts, command 
 	if err != nil {
 		return err
 	}
+	dir := ""
+	if o.workspace != "" {
+		o.ws.Name = v.Name
+		res, err := a.prepareWorkspace(ctx, o.ws, o.workspace)
+		if err != nil {
+			if !o.rm {
+				fmt.Fprintf(a.stderr, "vm %s is running without its workspace; remove it with `banger vm delete --force %s`\n", v.Name, v.Name)
+			} else if derr := a.deleteQuietly(v.Name); derr != nil {
+				fmt.Fprintf(a.stderr, "banger: could not remove vm %s: %v\n", v.Name, derr)
+			}
+			return err
+		}
+		dir = workDir(res.Workspace)
+	}
 	if o.detach {
 		fmt.Fprintln(a.stdout, v.Name)
 		fmt.Fprintf(a.stderr, "vm %s is running at %s; reach it with `banger vm ssh %s`\n", v.Name, v.IP, v.Name)
 		return nil
 	}
-	code, err := a.sshSession(ctx, v.Name, sessionOpts{command: command, tty: len(command) == 0 || a.stdinIsTTY(), stdin: true})
+	code, err := a.sshSession(ctx, v.Name, sessionOpts{command: command, tty: len(command) == 0 || a.stdinIsTTY(), stdin: true, dir: dir})
 	if o.rm {
 		if derr := a.deleteQuietly(v.Name); derr != nil {
 			fmt.Fprintf(a.stderr, "banger: could not remove vm %s: %v\n", v.Name, derr)
@@ -118,10 +140,19 @@ func (a *app) vmExecCmd() *cobra.Command {
 		Use:   "exec NAME [-i] [-t] [--] COMMAND ARGS...",
 		Short: "Run a command in a running VM and exit with its status",
 		Long: "Run COMMAND ARGS... in a running VM, like `docker exec`: -i attaches stdin, -t allocates a terminal.\n" +
+			"It runs in the VM's workspace directory when it has one.\n" +
 			"Arguments reach the guest exactly as given (no re-splitting).",
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			code, err := a.sshSession(cmd.Context(), args[0], sessionOpts{command: args[1:], tty: tty, stdin: interactive})
+			var v api.VM
+			if err := a.call(cmd.Context(), api.MethodVMShow, api.VMRef{Name: args[0]}, &v); err != nil {
+				return err
+			}
+			dir := ""
+			if v.Workspace != nil {
+				dir = workDir(*v.Workspace)
+			}
+			code, err := a.sshSession(cmd.Context(), args[0], sessionOpts{command: args[1:], tty: tty, stdin: interactive, dir: dir})
 			if err != nil {
 				return err
 			}
@@ -141,6 +172,28 @@ type sessionOpts struct {
 	command []string // empty: a login shell
 	tty     bool     // allocate a terminal in the guest
 	stdin   bool     // attach stdin (otherwise the guest reads /dev/null)
+	dir     string   // guest working directory ("" for root's home)
+}
+
+// workDir is where commands of a workspace VM start: the copied path.
+func workDir(ws api.Workspace) string {
+	if ws.Subdir == "" {
+		return ws.Dest
+	}
+	return ws.Dest + "/" + ws.Subdir
+}
+
+// remoteArgv is the guest argv of a session: the command or a login shell,
+// started in dir when one is set.
+func remoteArgv(o sessionOpts) []string {
+	switch {
+	case o.dir == "":
+		return o.command
+	case len(o.command) == 0:
+		return []string{"sh", "-c", `cd "$1" && exec "${SHELL:-/bin/sh}" -l`, "sh", o.dir}
+	default:
+		return append([]string{"sh", "-c", `cd "$1" && shift && exec "$@"`, "sh", o.dir}, o.command...)
+	}
 }
 
 // sshSession runs the system ssh as a child (so banger can act afterwards,
@@ -168,8 +221,8 @@ func (a *app) sshSession(ctx context.Context, name string, o sessionOpts) (int, 
 		argv = append(argv, "-n")
 	}
 	argv = append(argv, sshArgs(info)...)
-	if len(o.command) > 0 {
-		argv = append(argv, "--", guest.ShellJoin(o.command))
+	if remote := remoteArgv(o); len(remote) > 0 {
+		argv = append(argv, "--", guest.ShellJoin(remote))
 	}
 	cmd := exec.Command(sshBin, argv...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, a.stdout, a.stderr

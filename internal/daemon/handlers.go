@@ -79,6 +79,12 @@ func (d *Daemon) register() {
 	h(api.MethodVMPrune, func(ctx context.Context, _ json.RawMessage, _ *rpc.Stream) (any, error) {
 		return d.vms.Prune(ctx)
 	})
+	h(api.MethodVMWorkspacePrepare, withParams(func(ctx context.Context, p api.WorkspacePrepareParams, s *rpc.Stream) (any, error) {
+		return d.vms.PrepareWorkspace(ctx, p, func(pr api.Progress) { _ = s.Send(api.EventProgress, pr) })
+	}))
+	h(api.MethodVMWorkspaceExport, withParams(func(ctx context.Context, p api.WorkspaceExportParams, _ *rpc.Stream) (any, error) {
+		return d.vms.ExportWorkspace(ctx, p)
+	}))
 	h(api.MethodVMSSHCheck, withParams(func(ctx context.Context, p api.VMRef, _ *rpc.Stream) (any, error) {
 		return nil, d.vms.SSHCheck(ctx, p.Name)
 	}))
