@@ -62,7 +62,7 @@ func (p *progress) stage(st api.Stage) {
 		case "skipped":
 			fmt.Fprintf(p.w, "%s skipped (%s)\n", st.Name, st.Detail)
 		default:
-			fmt.Fprintf(p.w, "%s %s (%s)\n", st.Name, st.State, fmtMS(st.DurationMS))
+			fmt.Fprintf(p.w, "%s %s (%s)%s\n", st.Name, st.State, fmtMS(st.DurationMS), detailSuffix(st))
 		}
 		return
 	}
@@ -80,7 +80,7 @@ func (p *progress) stage(st api.Stage) {
 		fmt.Fprintf(p.w, "\r\033[K  ✗ %s (%s)\n", st.Name, fmtMS(st.DurationMS))
 	default:
 		p.current = ""
-		fmt.Fprintf(p.w, "\r\033[K  ✓ %s (%s)\n", st.Name, fmtMS(st.DurationMS))
+		fmt.Fprintf(p.w, "\r\033[K  ✓ %s (%s)%s\n", st.Name, fmtMS(st.DurationMS), detailSuffix(st))
 	}
 }
 
@@ -94,6 +94,14 @@ func (p *progress) close() {
 			fmt.Fprint(p.w, "\r\033[K")
 		}
 	}
+}
+
+// detailSuffix shows what a finished stage has to say (e.g. warnings).
+func detailSuffix(st api.Stage) string {
+	if st.Detail == "" || st.State != "done" {
+		return ""
+	}
+	return ": " + st.Detail
 }
 
 func fmtMS(ms float64) string {

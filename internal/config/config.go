@@ -51,6 +51,18 @@ type Config struct {
 		CIDR   string `toml:"cidr"`
 		DNS    string `toml:"dns"` // resolver address given to guests
 	} `toml:"network"`
+
+	// FileSync copies host files into each new VM's /root after it boots
+	// ([[file_sync]] tables).
+	FileSync []SyncEntry `toml:"file_sync"`
+}
+
+// SyncEntry is one [[file_sync]] table: a host file or directory ("~/..."
+// or absolute) and where it goes under the guest's /root ("~/...", relative,
+// or absolute under /root; empty: the same place relative to the home).
+type SyncEntry struct {
+	Host  string `toml:"host"`
+	Guest string `toml:"guest"`
 }
 
 // Defaults returns the configuration used for keys the file leaves out.
@@ -139,6 +151,18 @@ func (c Config) Validate() error {
 	if c.Network.DNS != "" {
 		if _, err := netip.ParseAddr(c.Network.DNS); err != nil {
 			return fmt.Errorf("network.dns = %q: not an IP address", c.Network.DNS)
+		}
+	}
+	for i, e := range c.FileSync {
+		switch {
+		case e.Host == "":
+			return fmt.Errorf("file_sync #%d: host is empty; give a path like \"~/.gitconfig\"", i+1)
+		case !strings.HasPrefix(e.Host, "~/") && !strings.HasPrefix(e.Host, "/"):
+			return fmt.Errorf("file_sync #%d: host = %q must start with ~/ or /", i+1, e.Host)
+		case e.Guest == "" && !strings.HasPrefix(e.Host, "~/"):
+			return fmt.Errorf("file_sync #%d: guest is empty, which needs host to start with ~/ (got %q)", i+1, e.Host)
+		case strings.HasPrefix(e.Guest, "/") && e.Guest != "/root" && !strings.HasPrefix(e.Guest, "/root/"):
+			return fmt.Errorf("file_sync #%d: guest = %q must be under /root", i+1, e.Guest)
 		}
 	}
 	return nil

@@ -287,3 +287,25 @@ func TestLoadUnreadablePath(t *testing.T) {
 		t.Fatalf("Load(%s) on a directory succeeded", dir)
 	}
 }
+
+func TestFileSync(t *testing.T) {
+	c, err := Load(writeConfig(t, "[[file_sync]]\nhost = \"~/.gitconfig\"\n\n[[file_sync]]\nhost = \"/etc/hosts\"\nguest = \"~/hosts\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []SyncEntry{{Host: "~/.gitconfig"}, {Host: "/etc/hosts", Guest: "~/hosts"}}
+	if len(c.FileSync) != 2 || c.FileSync[0] != want[0] || c.FileSync[1] != want[1] {
+		t.Fatalf("file_sync = %+v", c.FileSync)
+	}
+	for _, bad := range []string{
+		"[[file_sync]]\nguest = \"~/x\"\n",
+		"[[file_sync]]\nhost = \"relative\"\n",
+		"[[file_sync]]\nhost = \"/etc/hosts\"\n",
+		"[[file_sync]]\nhost = \"~/a\"\nguest = \"/etc/a\"\n",
+		"[[file_sync]]\nhost = \"~/a\"\nhots = \"typo\"\n",
+	} {
+		if _, err := Load(writeConfig(t, bad)); err == nil || !strings.Contains(err.Error(), "file_sync") {
+			t.Errorf("%q: err = %v, want a file_sync error", bad, err)
+		}
+	}
+}

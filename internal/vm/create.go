@@ -7,12 +7,14 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"banger/internal/api"
 	"banger/internal/disk"
 	"banger/internal/hostnet"
 	"banger/internal/store"
+	"banger/internal/workspace"
 )
 
 // Stage names of create and start, in order.
@@ -22,6 +24,7 @@ const (
 	StageNetwork      = "network"
 	StageLaunch       = "launch VMM"
 	StageWaitGuest    = "wait for guest"
+	StageSyncFiles    = "sync files"
 )
 
 func nowUTC() time.Time { return time.Now().UTC() }
@@ -156,7 +159,39 @@ func (s *Service) runCreate(ctx context.Context, v store.VM, req createRequest, 
 	if err := s.boot(ctx, &v, im, st); err != nil {
 		return err
 	}
+	s.syncFiles(ctx, &v, st)
 	return nil
+}
+
+// syncFiles copies the [[file_sync]] entries into a new, running VM. A
+// failure is reported on the stage and logged but does not undo the create:
+// the VM works, it only lacks some of the user's files.
+func (s *Service) syncFiles(ctx context.Context, v *store.VM, st *stages) {
+	if len(s.Config.FileSync) == 0 {
+		return
+	}
+	var warnings []string
+	_ = st.run(ctx, StageSyncFiles, func() error {
+		c, err := s.dialGuest(ctx, v.Name)
+		if err == nil {
+			defer c.Close()
+			entries := make([]workspace.SyncEntry, len(s.Config.FileSync))
+			for i, e := range s.Config.FileSync {
+				entries[i] = workspace.SyncEntry{Host: e.Host, Guest: e.Guest}
+			}
+			warnings, err = workspace.FileSync(ctx, sshGuest{c}, entries, workspace.SyncOptions{})
+		}
+		if err != nil {
+			warnings = append(warnings, err.Error())
+		}
+		if len(warnings) > 0 {
+			st.note(strings.Join(warnings, "; "))
+			s.Log.Warn("file_sync incomplete", "vm", v.Name, "warnings", warnings)
+		}
+		return nil
+	})
+	v.Stages = st.list
+	s.save(v)
 }
 
 // guestFiles are written into each work disk (/root in the guest) before boot.

@@ -19,7 +19,11 @@ type stages struct {
 	log    *slog.Logger
 	report Reporter
 	list   []api.Stage
+	detail string // set by note during a stage; reported when it ends
 }
+
+// note attaches detail (e.g. warnings) to the stage now running.
+func (s *stages) note(detail string) { s.detail = detail }
 
 func newStages(vm string, log *slog.Logger, report Reporter) *stages {
 	if report == nil {
@@ -40,7 +44,8 @@ func (s *stages) run(ctx context.Context, name string, fn func() error) error {
 	if err == nil && os.Getenv(testHoldEnv) == name {
 		err = s.holdForTest(ctx, name)
 	}
-	st := api.Stage{Name: name, State: "done", DurationMS: float64(time.Since(start).Microseconds()) / 1000}
+	st := api.Stage{Name: name, State: "done", Detail: s.detail, DurationMS: float64(time.Since(start).Microseconds()) / 1000}
+	s.detail = ""
 	if err != nil {
 		st.State = "failed"
 		st.Detail = err.Error()

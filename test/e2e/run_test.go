@@ -1,6 +1,9 @@
 package e2e
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -11,7 +14,12 @@ import (
 // back, --rm leaves nothing, and `vm exec` reaches a kept VM.
 func TestRun(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envOpts{})
+	synced := filepath.Join(testRoot, t.Name()+"-tool.sh")
+	if err := os.WriteFile(synced, []byte("#!/bin/sh\necho synced\n"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, envOpts{config: fmt.Sprintf("[[file_sync]]\nhost = %q\nguest = \"~/bin/tool.sh\"\n\n"+
+		"[[file_sync]]\nhost = \"/nonexistent/bangertest\"\nguest = \"~/missing\"\n", synced)})
 	e.registerImage()
 
 	r := e.run("vm", "run", "--rm", "--name", "gone", "--", "sh", "-c", "echo out; echo err >&2; exit 42")
@@ -36,6 +44,12 @@ func TestRun(t *testing.T) {
 	}
 	if v := e.show("kept"); v.State != api.StateRunning {
 		t.Fatalf("vm run without --rm: VM is %s, want running", v.State)
+	}
+	// [[file_sync]]: the file arrives with its mode; the missing one is a warning.
+	assertContains(t, "create progress", r.stderr, "sync files done")
+	assertContains(t, "create progress", r.stderr, "/nonexistent/bangertest")
+	if out := e.ssh("kept", "sh", "-c", "stat -c %a /root/bin/tool.sh; /root/bin/tool.sh"); out != "750\nsynced\n" {
+		t.Fatalf("file_sync in the guest: %q", out)
 	}
 	if r := e.run("vm", "exec", "kept", "sh", "-c", "hostname; exit 7"); r.code != 7 || strings.TrimSpace(r.stdout) != "kept" {
 		t.Fatalf("vm exec: exit %d stdout %q, want 7 and the hostname", r.code, r.stdout)
