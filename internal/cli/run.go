@@ -39,7 +39,6 @@ func (a *app) vmRunCmd() *cobra.Command {
   banger vm run --rm -- sh -c 'exit 3'
   banger vm run ./repo -- make test  copy a git work tree in first, run there
 
-
 Arguments after -- reach the guest exactly as given (no re-splitting).
 A VM whose guest never becomes ready is kept (even with --rm) so that
 ` + "`banger vm logs NAME`" + ` can show why.`,
@@ -66,13 +65,8 @@ A VM whose guest never becomes ready is kept (even with --rm) so that
 			return a.run(cmd.Context(), p, o, command)
 		},
 	}
+	createFlags(c, &p, &vcpu)
 	f := c.Flags()
-	f.StringVar(&p.Name, "name", "", "VM name (a DNS label; generated when omitted)")
-	f.StringVar(&p.Image, "image", "", "image to boot (default: the image named \"default\")")
-	f.IntVar(&vcpu, "vcpu", 0, "virtual CPUs (default from config, 2)")
-	f.StringVar(&p.Memory, "memory", "", "memory, e.g. 1GiB or 512M (default from config)")
-	f.StringVar(&p.DiskSize, "disk-size", "", "root disk size (grows the image's virtual size)")
-	f.StringVar(&p.WorkSize, "work-size", "", "size of the /root work disk (default from config, 4GiB)")
 	f.BoolVar(&o.rm, "rm", false, "delete the VM when the shell or command ends")
 	f.BoolVarP(&o.detach, "detach", "d", false, "prepare the VM and return without a shell or command")
 	a.workspaceFlags(c, &o.ws)

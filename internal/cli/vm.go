@@ -56,15 +56,22 @@ func (a *app) vmCreateCmd() *cobra.Command {
 			return nil
 		},
 	}
+	createFlags(c, &p, &vcpu)
+	f := c.Flags()
+	f.BoolVar(&p.NoStart, "no-start", false, "prepare the disks but do not boot")
+	return a.addJSON(c)
+}
+
+// createFlags are the flags vm create and vm run share; vcpu is copied into
+// p.VCPU only when given (nil takes the config default).
+func createFlags(c *cobra.Command, p *api.VMCreateParams, vcpu *int) {
 	f := c.Flags()
 	f.StringVar(&p.Name, "name", "", "VM name (a DNS label; generated when omitted)")
 	f.StringVar(&p.Image, "image", "", "image to boot (default: the image named \"default\")")
-	f.IntVar(&vcpu, "vcpu", 0, "virtual CPUs (default from config, 2)")
+	f.IntVar(vcpu, "vcpu", 0, "virtual CPUs (default from config, 2)")
 	f.StringVar(&p.Memory, "memory", "", "memory, e.g. 1GiB or 512M (default from config)")
 	f.StringVar(&p.DiskSize, "disk-size", "", "root disk size (grows the image's virtual size)")
 	f.StringVar(&p.WorkSize, "work-size", "", "size of the /root work disk (default from config, 4GiB)")
-	f.BoolVar(&p.NoStart, "no-start", false, "prepare the disks but do not boot")
-	return a.addJSON(c)
 }
 
 // create begins the asynchronous create, draws its stages, and cancels it
