@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 source scripts/host-deps.sh
 echo "==> building banger into ./bin" >&2
 go build -o bin/ ./cmd/banger ./cmd/bangerd
+CGO_ENABLED=0 go build -o bin/ ./cmd/banger-agent # runs in guests: static
 echo "==> building the guest (cached after the first run)" >&2
 guest=$(bash test/fixture/build-guest.sh | tail -n1)
 

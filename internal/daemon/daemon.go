@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -133,7 +134,8 @@ func (d *Daemon) init(ctx context.Context) error {
 	if err := netCfg.Validate(); err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
-	d.vms = vm.New(vm.Deps{Config: d.cfg, Paths: d.paths, Store: d.store, Driver: driver, Disk: backend,
+	agentBin := d.findAgent()
+	d.vms = vm.New(vm.Deps{Config: d.cfg, Paths: d.paths, Store: d.store, Driver: driver, Disk: backend, Agent: agentBin,
 		Keys: keys, Net: netCfg, Log: d.log})
 	d.driver = driver
 	d.status = api.DaemonStatus{Version: api.Version, PID: os.Getpid(), StartedAt: d.started,
@@ -165,6 +167,20 @@ func (d *Daemon) chooseDriver(ctx context.Context) (vmm.Driver, string, error) {
 		return nil, "", fmt.Errorf("no usable VMM: firecracker: %v; qemu: %v", fcErr, err)
 	}
 	return q, "auto: firecracker unusable (" + fcErr.Error() + "); using qemu", nil
+}
+
+// findAgent locates the guest agent binary, installed next to bangerd.
+// Without it guests boot as before and readiness falls back to SSH.
+func (d *Daemon) findAgent() string {
+	self, err := os.Executable()
+	if err == nil {
+		p := filepath.Join(filepath.Dir(self), "banger-agent")
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return p
+		}
+	}
+	d.log.Warn("banger-agent not found next to bangerd; guests get no agent and readiness uses SSH")
+	return ""
 }
 
 // probeKernel is a registered kernel the QEMU KVM probe can boot.

@@ -115,6 +115,14 @@ func (k *Keys) hostKeyCallback(vmName string) ssh.HostKeyCallback {
 	}
 }
 
+// Pinned reports whether a host key is pinned for the VM.
+func (k *Keys) Pinned(vmName string) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	key, err := k.lookup(Alias(vmName))
+	return err == nil && key != nil
+}
+
 // lookup returns the pinned key for alias, or nil. Caller holds k.mu.
 func (k *Keys) lookup(alias string) (ssh.PublicKey, error) {
 	b, err := os.ReadFile(k.KnownHosts)

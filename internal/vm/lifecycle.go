@@ -6,14 +6,17 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"banger/internal/agent"
 	"banger/internal/api"
 	"banger/internal/disk"
 	"banger/internal/hostnet"
+	"banger/internal/initrd"
 	"banger/internal/rpc"
 	"banger/internal/store"
 	"banger/internal/vmm"
@@ -79,14 +82,19 @@ func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *sta
 	}
 
 	var m vmm.Machine
+	var channel string // the agent's host socket ("" without an agent)
 	if err := st.run(ctx, StageLaunch, func() error {
 		dev, err := backend.Activate(ctx, v.Root)
 		if err != nil {
 			return err
 		}
 		undo.push("deactivate root disk", func(ctx context.Context) error { return backend.Deactivate(ctx, v.Root) })
+		var initrdPath string
+		if initrdPath, channel, err = s.agentBoot(im, v); err != nil {
+			return err
+		}
 		spec := vmm.Spec{
-			Name: v.Name, RunDir: v.Dir, Kernel: im.Kernel, Initrd: im.Initrd, Cmdline: s.cmdline(*v),
+			Name: v.Name, RunDir: v.Dir, Kernel: im.Kernel, Initrd: initrdPath, GuestChannel: channel, Cmdline: s.cmdline(*v),
 			VCPU: v.VCPU, MemoryMiB: v.MemoryMiB, ConsoleLog: consoleLog(*v),
 			Drives: []vmm.Drive{
 				{ID: "root", Path: dev, Format: vmm.DiskFormat(v.Root.Format), Root: true},
@@ -109,7 +117,7 @@ func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *sta
 	}
 
 	if err := st.run(ctx, StageWaitGuest, func() error {
-		return s.waitGuest(ctx, v, m)
+		return s.waitGuest(ctx, v, m, channel)
 	}); err != nil {
 		return err
 	}
@@ -125,9 +133,24 @@ func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *sta
 	return nil
 }
 
-// waitGuest waits for a real SSH handshake and reads the boot_id. It gives up
-// early, with the console's last lines, if the VMM exits.
-func (s *Service) waitGuest(ctx context.Context, v *store.VM, m vmm.Machine) error {
+// agentBoot returns the initramfs to boot and the agent's host socket: the
+// image's initramfs with the agent appended when banger has an agent and the
+// image an initramfs (banger's init starts it), else the image's own and "".
+func (s *Service) agentBoot(im store.Image, v *store.VM) (initrdPath, channel string, err error) {
+	if s.Agent == "" || im.Initrd == "" {
+		return im.Initrd, "", nil
+	}
+	p, err := initrd.WithAgent(filepath.Join(s.Paths.CacheDir, "initrd"), im.Initrd, s.Agent)
+	if err != nil {
+		return "", "", fmt.Errorf("add the guest agent to %s: %w", im.Initrd, err)
+	}
+	return p, filepath.Join(v.Dir, "agent.sock"), nil
+}
+
+// waitGuest waits until the guest is ready — its agent answers when it has
+// one (channel), else a real SSH handshake — and reads its boot_id. It gives
+// up early, with the console's last lines, if the VMM exits.
+func (s *Service) waitGuest(ctx context.Context, v *store.VM, m vmm.Machine, channel string) error {
 	timeout, _ := s.Config.ReadyTimeout()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -138,7 +161,12 @@ func (s *Service) waitGuest(ctx context.Context, v *store.VM, m vmm.Machine) err
 		case <-ctx.Done():
 		}
 	}()
-	c, err := s.Keys.WaitReady(ctx, v.Name, net.JoinHostPort(v.IP, "22"))
+	var err error
+	if channel != "" {
+		v.BootID, err = agentBootID(ctx, channel)
+	} else {
+		v.BootID, err = s.sshBootID(ctx, v)
+	}
 	if err != nil {
 		select {
 		case <-m.Done():
@@ -147,9 +175,29 @@ func (s *Service) waitGuest(ctx context.Context, v *store.VM, m vmm.Machine) err
 			return err
 		}
 	}
+	return nil
+}
+
+func agentBootID(ctx context.Context, channel string) (string, error) {
+	c, err := agent.DialWait(ctx, agent.UnixDialer(channel))
+	if err != nil {
+		return "", fmt.Errorf("guest agent did not answer: %w", err)
+	}
 	defer c.Close()
-	v.BootID, err = c.BootID(ctx)
-	return err
+	h, err := c.Health(ctx)
+	if err != nil {
+		return "", fmt.Errorf("guest agent health: %w", err)
+	}
+	return h.BootID, nil
+}
+
+func (s *Service) sshBootID(ctx context.Context, v *store.VM) (string, error) {
+	c, err := s.Keys.WaitReady(ctx, v.Name, net.JoinHostPort(v.IP, "22"))
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	return c.BootID(ctx)
 }
 
 func tail(path string, lines int) string {

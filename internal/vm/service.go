@@ -30,8 +30,11 @@ type Deps struct {
 	// Disk is the root disk backend for new VMs.
 	Disk disk.Backend
 	Keys *guest.Keys
-	Net  hostnet.Config
-	Log  *slog.Logger
+	// Agent is the guest agent binary given to guests through their
+	// initramfs ("" for none: readiness then uses SSH).
+	Agent string
+	Net   hostnet.Config
+	Log   *slog.Logger
 }
 
 // Service owns every VM's lifecycle.
@@ -185,8 +188,44 @@ func (s *Service) SSHInfo(ctx context.Context, name string) (api.SSHInfo, error)
 	if v.State != api.StateRunning {
 		return api.SSHInfo{}, rpc.Errorf(rpc.CodeFailedPrecondition, "vm %s is %s; start it with `banger vm start %s`", v.Name, v.State, v.Name)
 	}
+	if err := s.ensureSSH(ctx, v.Name, v.IP); err != nil {
+		return api.SSHInfo{}, err
+	}
 	return api.SSHInfo{Name: v.Name, Host: v.IP, User: "root", KeyFile: s.Keys.KeyFile,
 		KnownHosts: s.Keys.KnownHosts, HostKeyAlias: guest.Alias(v.Name)}, nil
+}
+
+// ensureSSH makes a VM reachable for the system ssh: with agent readiness
+// a create can finish before sshd listens, and the guest's host key must be
+// pinned (first use) before ssh runs with StrictHostKeyChecking. Once pinned,
+// it only waits for the port.
+func (s *Service) ensureSSH(ctx context.Context, name, ip string) error {
+	timeout, _ := s.Config.ReadyTimeout()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	addr := net.JoinHostPort(ip, "22")
+	if s.Keys.Pinned(name) {
+		var d net.Dialer
+		for {
+			c, err := d.DialContext(ctx, "tcp", addr)
+			if err == nil {
+				return c.Close()
+			}
+			select {
+			case <-ctx.Done():
+				return rpc.Errorf(rpc.CodeUnavailable, "vm %s: sshd does not listen at %s: %v", name, addr, err)
+			case <-time.After(100 * time.Millisecond): // retry interval while sshd starts
+			}
+		}
+	}
+	c, err := s.Keys.WaitReady(ctx, name, addr)
+	if err != nil {
+		if errors.Is(err, guest.ErrHostKeyChanged) {
+			return rpc.Errorf(rpc.CodeFailedPrecondition, "%v", err)
+		}
+		return rpc.Errorf(rpc.CodeUnavailable, "vm %s: %v", name, err)
+	}
+	return c.Close()
 }
 
 // SSHCheck completes an SSH handshake with a running VM, returning the

@@ -28,17 +28,20 @@ type banger struct {
 	status api.DaemonStatus // as read after the daemon started
 }
 
-// buildBanger runs `go build -o <dir>/bin/ ./cmd/banger ./cmd/bangerd`.
+// buildBanger builds banger, bangerd and the (static) guest agent into <dir>/bin.
 func buildBanger(ctx context.Context, root, dir string) (*banger, error) {
 	bin := filepath.Join(dir, "bin")
 	logf("building banger and bangerd into %s", bin)
-	c := command(ctx, goBinary(), "build", "-o", bin+"/", "./cmd/banger", "./cmd/bangerd")
-	c.Dir = root
-	if out, err := c.CombinedOutput(); err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("go build: %w", ctx.Err())
+	for _, pkgs := range [][]string{{"./cmd/banger", "./cmd/bangerd"}, {"./cmd/banger-agent"}} {
+		c := command(ctx, append([]string{goBinary(), "build", "-o", bin + "/"}, pkgs...)...)
+		c.Dir = root
+		c.Env = append(os.Environ(), "CGO_ENABLED=0") // the agent runs in guests: static
+		if out, err := c.CombinedOutput(); err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("go build: %w", ctx.Err())
+			}
+			return nil, fmt.Errorf("go build: %w\n%s", err, out)
 		}
-		return nil, fmt.Errorf("go build: %w\n%s", err, out)
 	}
 	return &banger{bin: bin, home: filepath.Join(dir, "home")}, nil
 }

@@ -107,7 +107,9 @@ func TestLifecycle(t *testing.T) {
 	if boot3 == boot2 || boot3 != guestBoot {
 		t.Fatalf("restart: boot ids before %s, after %s, guest says %s", boot2, boot3, guestBoot)
 	}
-	assertContains(t, "vm logs", e.must("vm", "logs", "life"), "Linux version")
+	logs := e.must("vm", "logs", "life")
+	assertContains(t, "vm logs", logs, "Linux version")
+	assertContains(t, "vm logs (the guest agent started)", logs, "banger-agent: ready")
 
 	pid := e.show("life").PID
 	e.must("vm", "kill", "life")

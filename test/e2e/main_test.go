@@ -57,6 +57,14 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "e2e: build: %v\n%s", err, out)
 		return 1
 	}
+	// The guest agent runs in guests: static, next to bangerd, which finds it there.
+	build = exec.Command("go", "build", "-o", binDir+"/", "./cmd/banger-agent")
+	build.Dir = root
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: build banger-agent: %v\n%s", err, out)
+		return 1
+	}
 	if guestDir, err = fixture(root); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
