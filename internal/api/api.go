@@ -19,4 +19,6 @@ const (
 	EventLog = "log"
 	// EventProgress carries a Progress (bytes moved, e.g. a workspace copy).
 	EventProgress = "progress"
+	// EventOutput carries an Output (vm.exec).
+	EventOutput = "output"
 )

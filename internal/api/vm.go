@@ -18,6 +18,9 @@ const (
 	// MethodVMSSHCheck does an SSH handshake with the guest and returns the
 	// precise error (e.g. a changed host key) when it fails.
 	MethodVMSSHCheck = "vm.ssh_check"
+	// MethodVMExec runs a command through the guest agent; it streams
+	// EventOutput and returns VMExecResult.
+	MethodVMExec = "vm.exec"
 	// Workspaces: prepare streams EventProgress and returns WorkspacePrepareResult.
 	MethodVMWorkspacePrepare = "vm.workspace.prepare"
 	MethodVMWorkspaceExport  = "vm.workspace.export"
@@ -63,6 +66,8 @@ type VM struct {
 	// Stages are the timings of the last create or start.
 	Stages    []Stage `json:"stages,omitempty"`
 	LastError string  `json:"last_error,omitempty"`
+	// Agent: the running guest has banger's agent (vm exec goes through it).
+	Agent bool `json:"agent,omitempty"`
 	// Workspace is the repository copied in, if any.
 	Workspace *Workspace `json:"workspace,omitempty"`
 }
@@ -218,4 +223,26 @@ type Progress struct {
 	Phase string `json:"phase"`
 	Bytes int64  `json:"bytes"`
 	Total int64  `json:"total,omitempty"`
+}
+
+// VMExecParams runs a command in a running VM through its guest agent.
+type VMExecParams struct {
+	Name string   `json:"name"`
+	Argv []string `json:"argv"`
+	// Dir defaults to the workspace directory, else /root.
+	Dir string   `json:"dir,omitempty"`
+	Env []string `json:"env,omitempty"`
+}
+
+// VMExecResult is how the command ended: ExitCode is a shell's status
+// (128+n after signal n).
+type VMExecResult struct {
+	ExitCode int    `json:"exit_code"`
+	Signal   string `json:"signal,omitempty"`
+}
+
+// Output is a chunk of a command's output (EventOutput).
+type Output struct {
+	Stream string `json:"stream"` // "stdout" or "stderr"
+	Data   []byte `json:"data"`
 }

@@ -175,6 +175,16 @@ func (a *app) call(ctx context.Context, method string, params, result any) error
 	return c.Call(ctx, method, params, result)
 }
 
+// callStream is call for methods that stream events to onEvent.
+func (a *app) callStream(ctx context.Context, method string, params, result any, onEvent func(string, json.RawMessage)) error {
+	c, err := a.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.CallStream(ctx, method, params, result, onEvent)
+}
+
 // lastDaemonError returns bangerd's last "bangerd: ..." line from its log.
 func lastDaemonError(logPath string) string {
 	b, _ := os.ReadFile(logPath)

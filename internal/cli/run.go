@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -142,11 +143,17 @@ func (a *app) vmExecCmd() *cobra.Command {
 			if err := a.call(cmd.Context(), api.MethodVMShow, api.VMRef{Name: args[0]}, &v); err != nil {
 				return err
 			}
-			dir := ""
-			if v.Workspace != nil {
-				dir = workDir(*v.Workspace)
+			var code int
+			var err error
+			if v.Agent && !interactive && !tty {
+				code, err = a.agentExec(cmd.Context(), api.VMExecParams{Name: args[0], Argv: args[1:]})
+			} else {
+				dir := ""
+				if v.Workspace != nil {
+					dir = workDir(*v.Workspace)
+				}
+				code, err = a.sshSession(cmd.Context(), args[0], sessionOpts{command: args[1:], tty: tty, stdin: interactive, dir: dir})
 			}
-			code, err := a.sshSession(cmd.Context(), args[0], sessionOpts{command: args[1:], tty: tty, stdin: interactive, dir: dir})
 			if err != nil {
 				return err
 			}
@@ -239,6 +246,29 @@ func (a *app) sshSession(ctx context.Context, name string, o sessionOpts) (int, 
 	default:
 		return 0, fmt.Errorf("ssh: %w", err)
 	}
+}
+
+// agentExec runs a command through the guest agent (no stdin, no
+// terminal), printing its output as it comes; Ctrl-C kills it in the guest.
+func (a *app) agentExec(ctx context.Context, p api.VMExecParams) (int, error) {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var res api.VMExecResult
+	err := a.callStream(ctx, api.MethodVMExec, p, &res, func(event string, data json.RawMessage) {
+		var o api.Output
+		if event != api.EventOutput || json.Unmarshal(data, &o) != nil {
+			return
+		}
+		if o.Stream == "stderr" {
+			a.stderr.Write(o.Data)
+		} else {
+			a.stdout.Write(o.Data)
+		}
+	})
+	if err != nil && ctx.Err() != nil {
+		return 130, nil
+	}
+	return res.ExitCode, err
 }
 
 func (a *app) stdinIsTTY() bool { return term.IsTerminal(int(os.Stdin.Fd())) }

@@ -16,12 +16,15 @@
 //	remove.go     delete and prune
 //	reconcile.go  adopting running VMMs and cleaning up after dead ones
 //	images.go     image registration
+//	exec.go       commands through the guest agent (one shared connection per VM)
+//	workspace.go  workspaces: copy a host tree in, export the guest's changes
 //
 // # Locks
 //
 // Lock order (take left before right, never the reverse):
 //
 //	vmLock (one VM's lifecycle lock) → Service.reserve → Service.mu
+//	Service.agentMu is a leaf: nothing else is taken while it is held.
 //
 // A goroutine holds at most one vmLock at a time. A vmLock is a one-slot
 // semaphore so an RPC waiting for it gives up when its client goes away. A

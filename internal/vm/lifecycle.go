@@ -259,6 +259,7 @@ func (s *Service) watch(id string, m vmm.Machine) {
 // releaseRuntime removes what only a running VM needs (tap, disk activation)
 // and marks the row stopped.
 func (s *Service) releaseRuntime(v *store.VM) error {
+	s.dropAgent(v.ID)
 	var errs []error
 	if err := hostnet.DeleteTap(v.Tap); err != nil {
 		errs = append(errs, err)

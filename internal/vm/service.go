@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"banger/internal/agent"
 	"banger/internal/api"
 	"banger/internal/config"
 	"banger/internal/disk"
@@ -47,11 +48,14 @@ type Service struct {
 	mu    sync.Mutex               // guards locks and live; never held across I/O
 	locks map[string]chan struct{} // per-VM lifecycle locks (1-slot semaphores, so waits can be canceled)
 	live  map[string]vmm.Machine   // by VM id: the running machine
+
+	agentMu sync.Mutex               // guards agents; a leaf lock, held while dialing one VM's agent
+	agents  map[string]*agent.Client // by VM id: the shared agent connection
 }
 
 // New returns a Service. Call Reconcile before serving requests.
 func New(d Deps) *Service {
-	return &Service{Deps: d, ops: newOpTable(), locks: map[string]chan struct{}{}, live: map[string]vmm.Machine{}}
+	return &Service{Deps: d, ops: newOpTable(), locks: map[string]chan struct{}{}, live: map[string]vmm.Machine{}, agents: map[string]*agent.Client{}}
 }
 
 // lockVM takes the VM's lifecycle lock and returns its unlock function. It
@@ -148,7 +152,7 @@ func (s *Service) View(v store.VM) api.VM {
 		DiskSizeBytes: v.DiskSize, WorkSizeBytes: v.WorkSize, IP: v.IP, MAC: v.MAC, Tap: v.Tap,
 		Driver: v.Driver, RootBackend: v.Root.Backend, RootPath: v.Root.Path, WorkPath: v.WorkPath,
 		ConsoleLog: consoleLog(v), BootID: v.BootID, CreatedAt: v.CreatedAt, StartedAt: v.StartedAt,
-		Stages: v.Stages, LastError: v.LastError, Workspace: v.Workspace,
+		Stages: v.Stages, LastError: v.LastError, Workspace: v.Workspace, Agent: hasAgent(v),
 	}
 	if v.Handle != nil {
 		out.PID = v.Handle.PID
@@ -263,6 +267,15 @@ func consoleLog(v store.VM) string { return v.Dir + "/console.log" }
 func (s *Service) Shutdown(ctx context.Context) {
 	s.ops.cancelAll()
 	s.ops.waitAll(ctx)
+	s.agentMu.Lock()
+	ids := make([]string, 0, len(s.agents))
+	for id := range s.agents {
+		ids = append(ids, id)
+	}
+	s.agentMu.Unlock()
+	for _, id := range ids {
+		s.dropAgent(id)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for id, m := range s.live {

@@ -42,8 +42,12 @@ func TestRun(t *testing.T) {
 	if r.code != 0 || r.stdout != "a b|c|" {
 		t.Fatalf("vm run -- printf '%%s|' 'a b' c: exit %d, stdout %q (want \"a b|c|\")\nstderr: %s", r.code, r.stdout, r.stderr)
 	}
-	if v := e.show("kept"); v.State != api.StateRunning {
-		t.Fatalf("vm run without --rm: VM is %s, want running", v.State)
+	if v := e.show("kept"); v.State != api.StateRunning || !v.Agent {
+		t.Fatalf("vm run without --rm: VM is %s (agent %v), want running with the guest agent", v.State, v.Agent)
+	}
+	// vm exec without -i/-t goes through the agent: status, signals, both streams.
+	if r := e.run("vm", "exec", "kept", "sh", "-c", "echo to-err >&2; kill -TERM $$"); r.code != 143 || r.stderr != "to-err\n" {
+		t.Fatalf("vm exec of a command killed by SIGTERM: exit %d stderr %q, want 143 and to-err", r.code, r.stderr)
 	}
 	// [[file_sync]]: the file arrives with its mode; the missing one is a warning.
 	assertContains(t, "create progress", r.stderr, "sync files done")
