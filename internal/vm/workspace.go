@@ -112,6 +112,9 @@ func (s *Service) PrepareWorkspace(ctx context.Context, p api.WorkspacePreparePa
 		return res, fmt.Errorf("workspace: %w", err)
 	}
 	res.Warnings = append(res.Warnings, r.Warnings...)
+	if note := startMise(ctx, sshGuest{c}, info.Root, r.Dest); note != "" {
+		res.Warnings = append(res.Warnings, note)
+	}
 	res.Workspace = api.Workspace{Source: info.Root, Dest: r.Dest, Mode: string(r.Mode), Subdir: info.Subdir,
 		BaseCommit: r.BaseCommit, Snapshot: r.Snapshot, Branch: r.Branch, Files: r.Files, Bytes: r.Bytes,
 		PreparedAt: nowUTC()}
@@ -153,4 +156,34 @@ func (s *Service) ExportWorkspace(ctx context.Context, p api.WorkspaceExportPara
 		return api.WorkspaceExportResult{}, fmt.Errorf("workspace export: %w", err)
 	}
 	return api.WorkspaceExportResult{Patch: string(patch)}, nil
+}
+
+// MiseLog is where the background `mise install` of a workspace logs.
+const MiseLog = "/root/.cache/banger/mise-install.log"
+
+// startMise starts `mise install` in the background in the guest when the
+// repository pins tool versions (.mise.toml or .tool-versions) and the image
+// has mise. It returns a note for the user, or "" when it did nothing.
+func startMise(ctx context.Context, g workspace.Guest, hostRoot, dest string) string {
+	pinned := false
+	for _, f := range []string{".mise.toml", ".tool-versions"} {
+		if _, err := os.Stat(filepath.Join(hostRoot, f)); err == nil {
+			pinned = true
+		}
+	}
+	if !pinned {
+		return ""
+	}
+	script := `command -v mise >/dev/null 2>&1 || exit 3
+mkdir -p "$(dirname "$2")" && cd "$1" || exit 1
+nohup mise install >"$2" 2>&1 </dev/null &`
+	code, err := g.Run(ctx, []string{"sh", "-c", script, "sh", dest, MiseLog}, nil, io.Discard, io.Discard)
+	switch {
+	case err != nil || code == 1:
+		return fmt.Sprintf("could not start `mise install` in the guest (exit %d, %v)", code, err)
+	case code == 3:
+		return "the repository pins tool versions but the image has no mise; install the tools yourself"
+	default:
+		return "`mise install` runs in the background; its log is " + MiseLog
+	}
 }

@@ -85,6 +85,22 @@ func TestWorkspace(t *testing.T) {
 	if r := e.run("vm", "workspace", "export", "nosuch"); r.code == 0 {
 		t.Fatal("export of a missing VM succeeded")
 	}
+
+	// A repository that pins tool versions gets `mise install` started in the
+	// background when the image has mise (here a stand-in that records its run).
+	e.must("vm", "exec", "ws", "sh", "-c", `mkdir -p /usr/local/bin && printf '#!/bin/sh\necho "mise $* in $(pwd)" > /root/mise-ran\n' > /usr/local/bin/mise && chmod +x /usr/local/bin/mise`)
+	if err := os.WriteFile(filepath.Join(repo, ".tool-versions"), []byte("golang 1.26.8\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = e.run("vm", "workspace", "prepare", "ws", repo, "--dest", "/root/pinned")
+	if r.code != 0 {
+		t.Fatalf("workspace prepare of a repo with .tool-versions: exit %d %s", r.code, r.stderr)
+	}
+	assertContains(t, "workspace prepare output", r.stderr, "mise install")
+	ran := e.must("vm", "exec", "ws", "sh", "-c", "for i in $(seq 100); do test -s /root/mise-ran && break; sleep 0.1; done; cat /root/mise-ran")
+	if ran != "mise install in /root/pinned\n" {
+		t.Fatalf("the stand-in mise recorded %q", ran)
+	}
 }
 
 // makeRepo builds a repository with a binary file, a rename, a deletion, an
