@@ -35,6 +35,9 @@ step "unit tests"
 	echo "NOTE: ../shared/firecracker/firecracker-api.yaml is missing: the Firecracker contract tests will skip" >&2
 go test -count=1 -race ./internal/... ./cmd/...
 
+step "banger doctor (no check may FAIL on a machine set up by this script)"
+go run ./cmd/banger doctor
+
 step "end-to-end tests (real guests under QEMU)"
 BANGER_E2E=1 BANGER_TEST_GUEST=$guest go test -count=1 -v -parallel "${E2E_PARALLEL:-3}" -timeout 25m ./test/e2e
 

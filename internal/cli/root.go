@@ -64,7 +64,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(a.daemonCmd(), a.imageCmd(), a.vmCmd(), a.psCmd(), a.sshConfigCmd(), &cobra.Command{
+	root.AddCommand(a.daemonCmd(), a.imageCmd(), a.vmCmd(), a.psCmd(), a.sshConfigCmd(), a.doctorCmd(), &cobra.Command{
 		Use: "version", Short: "Print the CLI version",
 		Run: func(*cobra.Command, []string) { fmt.Fprintln(a.stdout, "banger", api.Version) },
 	})
