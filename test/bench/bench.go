@@ -32,6 +32,7 @@ type bench struct {
 	seed   string // work disk content: .ssh/authorized_keys
 	raw    rawNet
 	bg     *banger
+	repo   *benchRepo // the workspace copy-in rows' repository
 }
 
 // newBench checks the host and makes the run's temporary directory.
@@ -39,7 +40,7 @@ func newBench(o options) (*bench, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("must run as root (network namespace, bridge, tap)")
 	}
-	for _, tool := range []string{"ip", "qemu-system-x86_64", "qemu-img", "mkfs.ext4", "ssh"} {
+	for _, tool := range []string{"ip", "qemu-system-x86_64", "qemu-img", "mkfs.ext4", "ssh", "git"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return nil, fmt.Errorf("missing tool %s", tool)
 		}
@@ -65,7 +66,8 @@ func newBench(o options) (*bench, error) {
 	return b, nil
 }
 
-// run prepares both ways, then times them alternately.
+// run prepares both ways, times them alternately, then times copying the
+// generated repository into one VM both ways, alternately.
 func (b *bench) run(ctx context.Context) (*report, error) {
 	if err := b.setup(ctx); err != nil {
 		return nil, err
@@ -79,11 +81,15 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 			return nil, fmt.Errorf("banger %d: %w", i, err)
 		}
 	}
+	if err := b.workspaceRuns(ctx, rep); err != nil {
+		return nil, fmt.Errorf("workspace copy-in: %w", err)
+	}
 	return rep, nil
 }
 
-// setup builds banger, makes the namespace, the SSH key, the raw network and
-// the banger home, and starts the daemon so later timings exclude its start.
+// setup builds banger, makes the namespace, the SSH key, the raw network,
+// the banger home and the copy-in repository, and starts the daemon so
+// later timings exclude its start.
 func (b *bench) setup(ctx context.Context) error {
 	logf("run directory %s", b.dir)
 	bg, err := buildBanger(ctx, b.root, b.dir)
@@ -111,7 +117,10 @@ func (b *bench) setup(ctx context.Context) error {
 	// VMs before the daemon stops.
 	b.undo.push("stop banger daemon", bg.stopDaemon)
 	b.undo.push("delete banger VMs", bg.deleteAllVMs)
-	return bg.prepare(ctx, b.guest)
+	if err := bg.prepare(ctx, b.guest); err != nil {
+		return err
+	}
+	return b.makeRepo(ctx)
 }
 
 // makeKey generates the ed25519 key of the raw guests and the work disk

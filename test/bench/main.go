@@ -1,7 +1,11 @@
 // Command bench measures how long a fresh guest takes to answer SSH when QEMU
 // is launched by hand ("raw") and when banger creates it (`banger vm
-// create`), for the same kernel and root filesystem in one run, and breaks
-// banger's time down by the stages its daemon reports.
+// create`, which returns when the guest agent answers), for the same kernel
+// and root filesystem in one run, and breaks banger's time down by the
+// stages its daemon reports. It also times create → first command through
+// the agent (`vm exec`) and through SSH (`vm ssh`), each on its own fresh
+// VM, and copying a generated ~60 MB git repository into a running VM with
+// `banger vm workspace prepare` and with `git archive | ssh tar -x`.
 //
 // Usage, as root, from the repository:
 //
@@ -9,7 +13,8 @@
 //
 // Both ways boot the test guest of test/fixture (1 vCPU, 512 MiB, QEMU TCG,
 // a qcow2 overlay over rootfs.ext4 and a 256 MiB ext4 work disk holding
-// /root/.ssh/authorized_keys), N times each, alternating, one guest at a time.
+// /root/.ssh/authorized_keys), N times each, alternating, one guest at a time;
+// then N copies each way into one more banger VM, alternating.
 //
 // Isolation: everything runs inside a network namespace made for the run
 // (bgbench-<hex>) and under one temporary directory (bangerbench-*), which
