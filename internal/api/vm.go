@@ -21,6 +21,8 @@ const (
 	// MethodVMExec runs a command through the guest agent; it streams
 	// EventOutput and returns VMExecResult.
 	MethodVMExec = "vm.exec"
+	// MethodVMPorts lists guests' listening sockets (VMPortsParams → []VMPort).
+	MethodVMPorts = "vm.ports"
 	// Workspaces: prepare streams EventProgress and returns WorkspacePrepareResult.
 	MethodVMWorkspacePrepare = "vm.workspace.prepare"
 	MethodVMWorkspaceExport  = "vm.workspace.export"
@@ -245,4 +247,23 @@ type VMExecResult struct {
 type Output struct {
 	Stream string `json:"stream"` // "stdout" or "stderr"
 	Data   []byte `json:"data"`
+}
+
+// VMPortsParams names the VMs whose ports to list (empty: every running VM).
+type VMPortsParams struct {
+	Names []string `json:"names,omitempty"`
+}
+
+// VMPort is a listening socket in a guest.
+type VMPort struct {
+	VM      string `json:"vm"`
+	Proto   string `json:"proto"` // "tcp" or "udp"
+	Port    int    `json:"port"`
+	Address string `json:"address"` // the guest address it is bound to
+	Process string `json:"process,omitempty"`
+	// Endpoint is NAME.vm:PORT; Reachable is false for sockets bound to the
+	// guest's loopback. URL is set when the port answers HTTP.
+	Endpoint  string `json:"endpoint"`
+	Reachable bool   `json:"reachable"`
+	URL       string `json:"url,omitempty"`
 }

@@ -21,7 +21,7 @@ func (a *app) vmCmd() *cobra.Command {
 	c := &cobra.Command{Use: "vm", Short: "Create and manage microVMs"}
 	c.AddCommand(a.vmCreateCmd(), a.vmStartCmd("start"), a.vmStartCmd("restart"), a.vmStopCmd(), a.vmKillCmd(),
 		a.vmDeleteCmd(), a.vmListCmd("list"), a.vmShowCmd(), a.vmSetCmd(), a.vmPruneCmd(), a.vmLogsCmd(), a.vmSSHCmd(),
-		a.vmRunCmd(), a.vmExecCmd(), a.vmSSHProxyCmd(), a.vmWorkspaceCmd())
+		a.vmRunCmd(), a.vmExecCmd(), a.vmSSHProxyCmd(), a.vmWorkspaceCmd(), a.vmPortsCmd())
 	return c
 }
 

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -57,6 +58,27 @@ func TestRun(t *testing.T) {
 	}
 	if r := e.run("vm", "exec", "kept", "sh", "-c", "hostname; exit 7"); r.code != 7 || strings.TrimSpace(r.stdout) != "kept" {
 		t.Fatalf("vm exec: exit %d stdout %q, want 7 and the hostname", r.code, r.stdout)
+	}
+	// vm ports: sshd, and an HTTP server started in the guest (perl comes with git).
+	httpd := `use IO::Socket::INET; my $s = IO::Socket::INET->new(LocalPort => 8080, Listen => 5, ReuseAddr => 1) or die $!;
+		while (my $c = $s->accept) { my $l = <$c>; print $c "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"; close $c }`
+	e.must("vm", "exec", "kept", "sh", "-c", `nohup perl -e "$1" >/dev/null 2>&1 &
+		for i in $(seq 100); do grep -q ':1F90 ' /proc/net/tcp && exit 0; sleep 0.1; done; exit 1`, "sh", httpd)
+	var ports []api.VMPort
+	if err := json.Unmarshal([]byte(e.must("vm", "ports", "kept", "--json")), &ports); err != nil {
+		t.Fatal(err)
+	}
+	found := map[int]api.VMPort{}
+	for _, p := range ports {
+		if p.Proto == "tcp" {
+			found[p.Port] = p
+		}
+	}
+	if p := found[22]; p.Endpoint != "kept.vm:22" || !p.Reachable || p.URL != "" || p.Process != "sshd" {
+		t.Fatalf("vm ports: sshd entry %+v (all: %+v)", p, ports)
+	}
+	if p := found[8080]; p.URL != "http://kept.vm:8080/" || p.Process != "perl" {
+		t.Fatalf("vm ports: HTTP entry %+v (all: %+v)", p, ports)
 	}
 	in := e.cmd("vm", "exec", "-i", "kept", "tr", "a-z", "A-Z")
 	in.Stdin = strings.NewReader("piped through the guest\n")
