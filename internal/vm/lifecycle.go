@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"banger/internal/agent"
 	"banger/internal/api"
 	"banger/internal/disk"
+	"banger/internal/guest"
 	"banger/internal/hostnet"
 	"banger/internal/initrd"
 	"banger/internal/rpc"
@@ -359,18 +361,7 @@ func (s *Service) shutdownGuest(ctx context.Context, v *store.VM, m vmm.Machine,
 			return false
 		}
 	}
-	asked := false
-	if c, err := s.Keys.Dial(ctx, v.Name, net.JoinHostPort(v.IP, "22"), 10*time.Second); err == nil {
-		// --no-block: the command returns before sshd is stopped.
-		_, err := c.Run(ctx, "sync; systemctl poweroff --no-block 2>/dev/null || poweroff")
-		c.Close()
-		asked = err == nil
-		if err != nil {
-			s.Log.Warn("poweroff over ssh failed", "vm", v.Name, "err", err)
-		}
-	} else {
-		s.Log.Warn("guest not reachable over ssh; using ACPI power button", "vm", v.Name, "err", err)
-	}
+	asked := s.poweroffViaAgent(ctx, v) || s.poweroffViaSSH(ctx, v)
 	if !asked {
 		_ = m.CtrlAltDel(ctx)
 	}
@@ -386,6 +377,45 @@ func (s *Service) shutdownGuest(ctx context.Context, v *store.VM, m vmm.Machine,
 	}
 	_ = killMachine(m)
 	return "VMM killed after timeout"
+}
+
+// poweroffCmd asks the guest to flush and power off; --no-block returns
+// before the services (sshd, the agent) are stopped.
+var poweroffCmd = []string{"sh", "-c", "sync; systemctl poweroff --no-block 2>/dev/null || poweroff"}
+
+// poweroffViaAgent asks a guest with the agent to power off, reporting
+// whether it was asked.
+func (s *Service) poweroffViaAgent(ctx context.Context, v *store.VM) bool {
+	if !hasAgent(*v) {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := s.agentClient(ctx, *v)
+	if err == nil {
+		_, err = c.Exec(ctx, agent.ExecRequest{Argv: poweroffCmd}, nil, io.Discard, io.Discard, nil)
+	}
+	if err != nil {
+		s.Log.Warn("poweroff through the agent failed; trying ssh", "vm", v.Name, "err", err)
+		return false
+	}
+	return true
+}
+
+// poweroffViaSSH asks the guest to power off over SSH, reporting whether it
+// was asked.
+func (s *Service) poweroffViaSSH(ctx context.Context, v *store.VM) bool {
+	c, err := s.Keys.Dial(ctx, v.Name, net.JoinHostPort(v.IP, "22"), 10*time.Second)
+	if err != nil {
+		s.Log.Warn("guest not reachable over ssh; using ACPI power button", "vm", v.Name, "err", err)
+		return false
+	}
+	defer c.Close()
+	if _, err := c.Run(ctx, guest.ShellJoin(poweroffCmd)); err != nil {
+		s.Log.Warn("poweroff over ssh failed", "vm", v.Name, "err", err)
+		return false
+	}
+	return true
 }
 
 // Restart stops and starts a VM; the guest gets a new boot_id.
