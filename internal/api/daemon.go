@@ -27,6 +27,8 @@ type DaemonStatus struct {
 	// guests' host keys are pinned in (as NAME.vm).
 	SSHKey     string `json:"ssh_key"`
 	KnownHosts string `json:"known_hosts"`
+	// DNS is where the NAME.vm server listens, or why it does not.
+	DNS        string `json:"dns"`
 	VMsRunning int    `json:"vms_running"`
 	VMsTotal   int    `json:"vms_total"`
 }

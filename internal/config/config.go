@@ -50,6 +50,12 @@ type Config struct {
 		Bridge string `toml:"bridge"`
 		CIDR   string `toml:"cidr"`
 		DNS    string `toml:"dns"` // resolver address given to guests
+		// DNSListen is the host-side address of the daemon's NAME.vm DNS
+		// server ("" turns the server off); guests use the bridge address.
+		DNSListen string `toml:"dns_listen"`
+		// DNSUpstreams are where other queries go ("IP" or "IP:port");
+		// empty: the nameservers of /etc/resolv.conf.
+		DNSUpstreams []string `toml:"dns_upstreams"`
 	} `toml:"network"`
 
 	// FileSync copies host files into each new VM's /root after it boots
@@ -80,6 +86,7 @@ func Defaults() Config {
 	c.VM.ReadyTimeout = "180s"
 	c.Network.Bridge = "banger0"
 	c.Network.CIDR = "10.213.0.0/24"
+	c.Network.DNSListen = "127.0.0.1:5354"
 	return c
 }
 
@@ -151,6 +158,18 @@ func (c Config) Validate() error {
 	if c.Network.DNS != "" {
 		if _, err := netip.ParseAddr(c.Network.DNS); err != nil {
 			return fmt.Errorf("network.dns = %q: not an IP address", c.Network.DNS)
+		}
+	}
+	if c.Network.DNSListen != "" {
+		if ap, err := netip.ParseAddrPort(c.Network.DNSListen); err != nil || !ap.Addr().IsLoopback() {
+			return fmt.Errorf("network.dns_listen = %q: want a loopback address and port, e.g. \"127.0.0.1:5354\" (or \"\" for no DNS server)", c.Network.DNSListen)
+		}
+	}
+	for _, u := range c.Network.DNSUpstreams {
+		if _, err := netip.ParseAddr(u); err != nil {
+			if _, err := netip.ParseAddrPort(u); err != nil {
+				return fmt.Errorf("network.dns_upstreams: %q is not an IP or IP:port", u)
+			}
 		}
 	}
 	for i, e := range c.FileSync {

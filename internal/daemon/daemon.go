@@ -9,16 +9,19 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"banger/internal/api"
 	"banger/internal/config"
 	"banger/internal/disk"
+	"banger/internal/dnsserver"
 	"banger/internal/guest"
 	"banger/internal/hostnet"
 	"banger/internal/paths"
@@ -45,6 +48,7 @@ type Daemon struct {
 	store   *store.Store
 	vms     *vm.Service
 	driver  vmm.Driver
+	dns     *dnsserver.Server // nil when off or failed to start
 	server  *rpc.Server
 	started time.Time
 	status  api.DaemonStatus
@@ -105,6 +109,9 @@ func Run(o Options) error {
 		sctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
 		d.vms.Shutdown(sctx)
+		if d.dns != nil {
+			d.dns.Close()
+		}
 		d.server.Shutdown(sctx)
 	}()
 	log.Info("bangerd serving", "socket", l.Socket(), "pid", os.Getpid(), "vmm", d.status.VMM, "disk", d.status.DiskBackend)
@@ -135,13 +142,56 @@ func (d *Daemon) init(ctx context.Context) error {
 		return fmt.Errorf("network: %w", err)
 	}
 	agentBin := d.findAgent()
-	d.vms = vm.New(vm.Deps{Config: d.cfg, Paths: d.paths, Store: d.store, Driver: driver, Disk: backend, Agent: agentBin,
-		Keys: keys, Net: netCfg, Log: d.log})
+	deps := vm.Deps{Config: d.cfg, Paths: d.paths, Store: d.store, Driver: driver, Disk: backend, Agent: agentBin,
+		Keys: keys, Net: netCfg, Log: d.log}
+	if d.cfg.Network.DNSListen != "" {
+		d.dns, err = dnsserver.New(dnsserver.Options{Logger: d.log.With("component", "dns"), Upstreams: d.cfg.Network.DNSUpstreams,
+			ReverseZones:   []netip.Prefix{netCfg.CIDR},
+			AllowedClients: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128"), netCfg.CIDR},
+			FreeBind:       true}) // the bridge address may not exist until the first VM boots
+		if err != nil {
+			return fmt.Errorf("dns: %w", err)
+		}
+		deps.Names = d.dns
+	}
+	d.vms = vm.New(deps)
 	d.driver = driver
 	d.status = api.DaemonStatus{Version: api.Version, PID: os.Getpid(), StartedAt: d.started,
 		Socket: d.paths.Socket(), StateDir: d.paths.StateDir, VMM: driver.Name(), VMMReason: why,
 		DiskBackend: backend.Name(), DiskBackendReason: bwhy, SSHKey: keys.KeyFile, KnownHosts: keys.KnownHosts}
-	return d.vms.Reconcile(ctx)
+	if err := d.vms.Reconcile(ctx); err != nil {
+		return err
+	}
+	d.startDNS(ctx, netCfg.Gateway())
+	return nil
+}
+
+// startDNS serves NAME.vm for the running VMs on the host's loopback and on
+// the bridge address (for guests). A failure (e.g. the port is taken) is
+// reported in daemon status and the log; the daemon runs on without DNS.
+func (d *Daemon) startDNS(ctx context.Context, gateway netip.Addr) {
+	if d.dns == nil {
+		d.status.DNS = "off (network.dns_listen = \"\")"
+		return
+	}
+	records, err := d.vms.RunningAddrs(ctx)
+	if err == nil {
+		err = d.dns.Replace(records)
+	}
+	if err == nil {
+		err = d.dns.Start(context.Background(), []string{d.cfg.Network.DNSListen, netip.AddrPortFrom(gateway, 53).String()})
+	}
+	if err != nil {
+		d.log.Warn("DNS server not started; NAME.vm will not resolve", "err", err)
+		d.status.DNS = "not running: " + err.Error()
+		d.dns = nil
+		return
+	}
+	var addrs []string
+	for _, a := range d.dns.Addrs() {
+		addrs = append(addrs, a.String())
+	}
+	d.status.DNS = strings.Join(addrs, ", ")
 }
 
 // chooseDriver resolves config vmm: "auto" picks Firecracker when its binary

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -131,6 +132,13 @@ func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *sta
 	}
 	s.setMachine(v.ID, m)
 	s.watch(v.ID, m)
+	if s.Names != nil {
+		if ip, err := netip.ParseAddr(v.IP); err == nil {
+			if err := s.Names.Set(v.Name, ip); err != nil {
+				s.Log.Warn("dns record", "vm", v.Name, "err", err)
+			}
+		}
+	}
 	s.Log.Info("vm running", "vm", v.Name, "ip", v.IP, "pid", v.Handle.PID, "accel", v.Handle.Accel, "boot_id", v.BootID)
 	return nil
 }
@@ -262,6 +270,9 @@ func (s *Service) watch(id string, m vmm.Machine) {
 // and marks the row stopped.
 func (s *Service) releaseRuntime(v *store.VM) error {
 	s.dropAgent(v.ID)
+	if s.Names != nil {
+		s.Names.Remove(v.Name)
+	}
 	var errs []error
 	if err := hostnet.DeleteTap(v.Tap); err != nil {
 		errs = append(errs, err)

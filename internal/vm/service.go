@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"time"
@@ -31,11 +32,19 @@ type Deps struct {
 	// Disk is the root disk backend for new VMs.
 	Disk disk.Backend
 	Keys *guest.Keys
+	// Names receives NAME.vm records as VMs start and stop (nil: no DNS).
+	Names Names
 	// Agent is the guest agent binary given to guests through their
 	// initramfs ("" for none: readiness then uses SSH).
 	Agent string
 	Net   hostnet.Config
 	Log   *slog.Logger
+}
+
+// Names is where running VMs' addresses are published (the daemon's DNS).
+type Names interface {
+	Set(name string, ip netip.Addr) error
+	Remove(name string)
 }
 
 // Service owns every VM's lifecycle.
@@ -247,6 +256,21 @@ func (s *Service) SSHCheck(ctx context.Context, name string) error {
 		return rpc.Errorf(rpc.CodeUnavailable, "vm %s does not answer SSH at %s: %v", name, info.Host, err)
 	}
 	return c.Close()
+}
+
+// RunningAddrs maps each running VM's name to its address (to rebuild DNS).
+func (s *Service) RunningAddrs(ctx context.Context) (map[string]netip.Addr, error) {
+	vms, err := s.Store.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]netip.Addr{}
+	for _, v := range vms {
+		if ip, err := netip.ParseAddr(v.IP); err == nil && v.State == api.StateRunning {
+			m[v.Name] = ip
+		}
+	}
+	return m, nil
 }
 
 // Counts returns running and total VMs.
