@@ -139,6 +139,12 @@ func (a *app) vmExecCmd() *cobra.Command {
 			"Arguments reach the guest exactly as given (no re-splitting).",
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[1] == "--" { // flags stop at NAME, so a "--" after it is still ours
+				args = append(args[:1], args[2:]...)
+				if len(args) < 2 {
+					return errors.New("nothing after --: give a command to run")
+				}
+			}
 			var v api.VM
 			if err := a.call(cmd.Context(), api.MethodVMShow, api.VMRef{Name: args[0]}, &v); err != nil {
 				return err

@@ -56,7 +56,7 @@ func TestRun(t *testing.T) {
 	if out := e.ssh("kept", "sh", "-c", "stat -c %a /root/bin/tool.sh; /root/bin/tool.sh"); out != "750\nsynced\n" {
 		t.Fatalf("file_sync in the guest: %q", out)
 	}
-	if r := e.run("vm", "exec", "kept", "sh", "-c", "hostname; exit 7"); r.code != 7 || strings.TrimSpace(r.stdout) != "kept" {
+	if r := e.run("vm", "exec", "kept", "--", "sh", "-c", "hostname; exit 7"); r.code != 7 || strings.TrimSpace(r.stdout) != "kept" {
 		t.Fatalf("vm exec: exit %d stdout %q, want 7 and the hostname", r.code, r.stdout)
 	}
 	// vm ports: sshd, and an HTTP server started in the guest (perl comes with git).
