@@ -19,8 +19,9 @@ import (
 // `ip netns`).
 const netnsDir = "/run/netns"
 
-// testNetnsPrefix names every namespace the tests create.
-const testNetnsPrefix = "bgtest-"
+// testNetnsPrefix names every namespace these tests create (other packages
+// use their own bgtest-* prefixes and may run at the same time).
+const testNetnsPrefix = "bgtest-hostnet-"
 
 func TestMain(m *testing.M) {
 	code := m.Run()
