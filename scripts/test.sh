@@ -36,7 +36,11 @@ step "unit tests"
 go test -count=1 -race ./internal/... ./cmd/...
 
 step "banger doctor (no check may FAIL on a machine set up by this script)"
-go run ./cmd/banger doctor
+bindir=$(mktemp -d)
+trap 'rm -f "$snapshot"; rm -rf "$bindir"' EXIT
+go build -o "$bindir/" ./cmd/banger ./cmd/bangerd
+CGO_ENABLED=0 go build -o "$bindir/" ./cmd/banger-agent
+"$bindir/banger" doctor
 
 step "end-to-end tests (real guests under QEMU)"
 BANGER_E2E=1 BANGER_TEST_GUEST=$guest go test -count=1 -v -parallel "${E2E_PARALLEL:-3}" -timeout 25m ./test/e2e
