@@ -42,7 +42,7 @@ func (s *Service) agentClient(ctx context.Context, v store.VM) (*agent.Client, e
 	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	c, err := agent.DialWait(dctx, agent.UnixDialer(agentSocket(v)))
+	c, err := agent.DialWait(dctx, agentDialer(v, agentSocket(v)))
 	if err != nil {
 		return nil, rpc.Errorf(rpc.CodeUnavailable, "vm %s: guest agent does not answer: %v", v.Name, err)
 	}

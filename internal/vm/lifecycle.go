@@ -48,8 +48,13 @@ func (s *Service) cmdline(v store.VM) string {
 	if dns == "" {
 		dns = gw.String()
 	}
-	return fmt.Sprintf("console=ttyS0 root=/dev/vda rw panic=-1 net.ifnames=0 banger.hostname=%s banger.ip=%s/%d banger.gw=%s banger.dns=%s banger.work=/dev/vdb",
+	c := fmt.Sprintf("console=ttyS0 root=/dev/vda rw panic=-1 net.ifnames=0 banger.hostname=%s banger.ip=%s/%d banger.gw=%s banger.dns=%s banger.work=/dev/vdb",
 		v.Name, v.IP, s.Net.CIDR.Bits(), gw, dns)
+	if v.Driver == "firecracker" {
+		// Firecracker has no virtio-serial: the agent serves vsock instead.
+		c += fmt.Sprintf(" banger.agent_vsock=%d", agent.DefaultVsockPort)
+	}
+	return c
 }
 
 // boot runs the network, launch and wait stages. On failure it undoes what it
@@ -173,7 +178,7 @@ func (s *Service) waitGuest(ctx context.Context, v *store.VM, m vmm.Machine, cha
 	}()
 	var err error
 	if channel != "" {
-		v.BootID, err = agentBootID(ctx, channel)
+		v.BootID, err = agentBootID(ctx, agentDialer(*v, channel))
 	} else {
 		v.BootID, err = s.sshBootID(ctx, v)
 	}
@@ -188,8 +193,17 @@ func (s *Service) waitGuest(ctx context.Context, v *store.VM, m vmm.Machine, cha
 	return nil
 }
 
-func agentBootID(ctx context.Context, channel string) (string, error) {
-	c, err := agent.DialWait(ctx, agent.UnixDialer(channel))
+// agentDialer reaches a VM's agent: QEMU exposes the virtio-serial port as a
+// Unix socket; Firecracker's vsock socket needs its CONNECT handshake.
+func agentDialer(v store.VM, channel string) agent.Dialer {
+	if v.Driver == "firecracker" {
+		return agent.FirecrackerDialer(channel, agent.DefaultVsockPort)
+	}
+	return agent.UnixDialer(channel)
+}
+
+func agentBootID(ctx context.Context, dial agent.Dialer) (string, error) {
+	c, err := agent.DialWait(ctx, dial)
 	if err != nil {
 		return "", fmt.Errorf("guest agent did not answer: %w", err)
 	}
