@@ -68,6 +68,9 @@ type VM struct {
 	// Stages are the timings of the last create or start.
 	Stages    []Stage `json:"stages,omitempty"`
 	LastError string  `json:"last_error,omitempty"`
+	// NAT and Publish are the VM's network options (see VMCreateParams).
+	NAT     bool     `json:"nat,omitempty"`
+	Publish []string `json:"publish,omitempty"`
 	// Agent: the running guest has banger's agent (vm exec goes through it).
 	Agent bool `json:"agent,omitempty"`
 	// Workspace is the repository copied in, if any.
@@ -109,6 +112,10 @@ type VMCreateParams struct {
 	WorkSize string `json:"work_size,omitempty"`
 	// NoStart prepares the VM (disks) without booting it.
 	NoStart bool `json:"no_start,omitempty"`
+	// NAT lets the guest reach the outside through the host (masquerade).
+	NAT bool `json:"nat,omitempty"`
+	// Publish maps host ports to guest ports: "[hostip:]hostport:guestport[/tcp|udp]".
+	Publish []string `json:"publish,omitempty"`
 	// KeepFailed keeps a VM whose guest never became ready, stopped and with
 	// its console log, instead of rolling it back, so the failure can be
 	// read. A cancel still removes everything.

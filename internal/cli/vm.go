@@ -72,6 +72,8 @@ func createFlags(c *cobra.Command, p *api.VMCreateParams, vcpu *int) {
 	f.StringVar(&p.Memory, "memory", "", "memory, e.g. 1GiB or 512M (default from config)")
 	f.StringVar(&p.DiskSize, "disk-size", "", "root disk size (grows the image's virtual size)")
 	f.StringVar(&p.WorkSize, "work-size", "", "size of the /root work disk (default from config, 4GiB)")
+	f.BoolVar(&p.NAT, "nat", false, "let the guest reach the outside through the host (masquerade)")
+	f.StringArrayVarP(&p.Publish, "publish", "p", nil, "publish a guest port: [hostip:]hostport:guestport[/tcp|udp] (repeatable)")
 }
 
 // create begins the asynchronous create, draws its stages, and cancels it

@@ -50,6 +50,8 @@ type Config struct {
 		Bridge string `toml:"bridge"`
 		CIDR   string `toml:"cidr"`
 		DNS    string `toml:"dns"` // resolver address given to guests
+		// GuestToGuest lets guests reach each other (isolated by default).
+		GuestToGuest bool `toml:"guest_to_guest"`
 		// DNSListen is the host-side address of the daemon's NAME.vm DNS
 		// server ("" turns the server off); guests use the bridge address.
 		DNSListen string `toml:"dns_listen"`

@@ -24,6 +24,7 @@ import (
 	"banger/internal/dnsserver"
 	"banger/internal/guest"
 	"banger/internal/hostnet"
+	"banger/internal/netfilter"
 	"banger/internal/paths"
 	"banger/internal/rpc"
 	"banger/internal/store"
@@ -141,9 +142,14 @@ func (d *Daemon) init(ctx context.Context) error {
 	if err := netCfg.Validate(); err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
+	fw, err := netfilter.New(netfilter.Config{Bridge: netCfg.Bridge, CIDR: netCfg.CIDR, TapPrefix: netCfg.TapPrefix,
+		AllowGuestToGuest: d.cfg.Network.GuestToGuest})
+	if err != nil {
+		return fmt.Errorf("firewall: %w", err)
+	}
 	agentBin := d.findAgent()
 	deps := vm.Deps{Config: d.cfg, Paths: d.paths, Store: d.store, Driver: driver, Disk: backend, Agent: agentBin,
-		Keys: keys, Net: netCfg, Log: d.log}
+		Keys: keys, Net: netCfg, Log: d.log, Firewall: fw}
 	if d.cfg.Network.DNSListen != "" {
 		d.dns, err = dnsserver.New(dnsserver.Options{Logger: d.log.With("component", "dns"), Upstreams: d.cfg.Network.DNSUpstreams,
 			ReverseZones:   []netip.Prefix{netCfg.CIDR},
@@ -162,7 +168,29 @@ func (d *Daemon) init(ctx context.Context) error {
 	if err := d.vms.Reconcile(ctx); err != nil {
 		return err
 	}
+	if err := d.startFirewall(ctx, fw, netCfg); err != nil {
+		return err
+	}
 	d.startDNS(ctx, netCfg.Gateway())
+	return nil
+}
+
+// startFirewall creates the bridge and rebuilds banger's nftables tables
+// from the running VMs: guest isolation holds from the daemon's start, and
+// rules of VMs that are gone are removed. Without it guests would not be
+// isolated, so a failure stops the daemon.
+func (d *Daemon) startFirewall(ctx context.Context, fw *netfilter.Manager, netCfg hostnet.Config) error {
+	if err := hostnet.EnsureBridge(netCfg); err != nil {
+		return fmt.Errorf("bridge %s: %w", netCfg.Bridge, err)
+	}
+	rules, err := d.vms.RunningRules(ctx)
+	if err != nil {
+		return err
+	}
+	if err := fw.Reconcile(rules); err != nil {
+		return fmt.Errorf("firewall (nftables table %q): %w; `banger doctor` checks nftables", fw.Table(), err)
+	}
+	d.log.Info("firewall ready", "table", fw.Table(), "vms", len(rules))
 	return nil
 }
 

@@ -176,6 +176,9 @@ func (p PortMapping) coversLoopback() bool {
 
 // overlaps reports whether p and q claim the same host port: same protocol
 // and port, and the same address or either on every address.
+// Overlaps reports whether p and q would claim the same host port.
+func (p PortMapping) Overlaps(q PortMapping) bool { return p.overlaps(q) }
+
 func (p PortMapping) overlaps(q PortMapping) bool {
 	if p.Proto != q.Proto || p.HostPort != q.HostPort {
 		return false

@@ -38,10 +38,12 @@ type VM struct {
 	CreatedAt time.Time
 	StartedAt time.Time
 	Workspace *api.Workspace // nil until a workspace is prepared
+	NAT       bool           // masquerade the guest's traffic outward
+	Publish   []string       // published ports, "[hostip:]hostport:guestport[/proto]"
 }
 
 const vmCols = `id, name, image, state, vcpu, memory_mib, disk_size, work_size, ip, mac, tap, driver,
-	root_json, work_path, dir, handle_json, boot_id, stages_json, last_error, created_at, started_at, workspace_json`
+	root_json, work_path, dir, handle_json, boot_id, stages_json, last_error, created_at, started_at, workspace_json, nat, publish_json`
 
 func fmtTime(t time.Time) string {
 	if t.IsZero() {
@@ -52,10 +54,10 @@ func fmtTime(t time.Time) string {
 
 func scanVM(sc interface{ Scan(...any) error }) (VM, error) {
 	var v VM
-	var root, handle, stages, created, started, workspace string
+	var root, handle, stages, created, started, workspace, publish string
 	err := sc.Scan(&v.ID, &v.Name, &v.Image, &v.State, &v.VCPU, &v.MemoryMiB, &v.DiskSize, &v.WorkSize,
 		&v.IP, &v.MAC, &v.Tap, &v.Driver, &root, &v.WorkPath, &v.Dir, &handle, &v.BootID, &stages,
-		&v.LastError, &created, &started, &workspace)
+		&v.LastError, &created, &started, &workspace, &v.NAT, &publish)
 	if err != nil {
 		return v, err
 	}
@@ -69,6 +71,9 @@ func scanVM(sc interface{ Scan(...any) error }) (VM, error) {
 		}
 	}
 	_ = json.Unmarshal([]byte(stages), &v.Stages)
+	if err := json.Unmarshal([]byte(publish), &v.Publish); err != nil {
+		return v, fmt.Errorf("vm %s: publish_json: %w", v.Name, err)
+	}
 	if workspace != "" {
 		v.Workspace = new(api.Workspace)
 		if err := json.Unmarshal([]byte(workspace), v.Workspace); err != nil {
@@ -91,6 +96,10 @@ func vmArgs(v VM) []any {
 	if v.Stages == nil {
 		stages = []byte("[]")
 	}
+	publish, _ := json.Marshal(v.Publish)
+	if v.Publish == nil {
+		publish = []byte("[]")
+	}
 	workspace := ""
 	if v.Workspace != nil {
 		b, _ := json.Marshal(v.Workspace)
@@ -98,12 +107,12 @@ func vmArgs(v VM) []any {
 	}
 	return []any{v.ID, v.Name, v.Image, v.State, v.VCPU, v.MemoryMiB, v.DiskSize, v.WorkSize, v.IP, v.MAC,
 		v.Tap, v.Driver, string(root), v.WorkPath, v.Dir, handle, v.BootID, string(stages), v.LastError,
-		fmtTime(v.CreatedAt), fmtTime(v.StartedAt), workspace}
+		fmtTime(v.CreatedAt), fmtTime(v.StartedAt), workspace, v.NAT, string(publish)}
 }
 
 // InsertVM adds a VM row. Name and IP uniqueness are enforced by the schema.
 func (s *Store) InsertVM(ctx context.Context, v VM) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO vms(`+vmCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, vmArgs(v)...)
+	_, err := s.db.ExecContext(ctx, `INSERT INTO vms(`+vmCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, vmArgs(v)...)
 	return err
 }
 
@@ -112,7 +121,7 @@ func (s *Store) UpdateVM(ctx context.Context, v VM) error {
 	a := vmArgs(v)
 	res, err := s.db.ExecContext(ctx, `UPDATE vms SET name=?, image=?, state=?, vcpu=?, memory_mib=?, disk_size=?,
 		work_size=?, ip=?, mac=?, tap=?, driver=?, root_json=?, work_path=?, dir=?, handle_json=?, boot_id=?,
-		stages_json=?, last_error=?, created_at=?, started_at=?, workspace_json=? WHERE id=?`, append(a[1:], a[0])...)
+		stages_json=?, last_error=?, created_at=?, started_at=?, workspace_json=?, nat=?, publish_json=? WHERE id=?`, append(a[1:], a[0])...)
 	if err != nil {
 		return err
 	}

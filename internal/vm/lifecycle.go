@@ -84,7 +84,18 @@ func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *sta
 			return err
 		}
 		undo.push("delete tap "+v.Tap, func(context.Context) error { return hostnet.DeleteTap(v.Tap) })
-		return hostnet.CreateTap(v.Tap, s.Net.Bridge, -1)
+		if err := hostnet.CreateTap(v.Tap, s.Net.Bridge, -1); err != nil {
+			return err
+		}
+		if s.Firewall == nil {
+			return nil
+		}
+		rules, err := firewallRules(*v)
+		if err != nil {
+			return err
+		}
+		undo.push("remove firewall rules", func(context.Context) error { return s.Firewall.Remove(v.ID) })
+		return s.Firewall.Apply(rules)
 	}); err != nil {
 		return err
 	}
@@ -288,6 +299,11 @@ func (s *Service) releaseRuntime(v *store.VM) error {
 		s.Names.Remove(v.Name)
 	}
 	var errs []error
+	if s.Firewall != nil {
+		if err := s.Firewall.Remove(v.ID); err != nil {
+			errs = append(errs, fmt.Errorf("firewall: %w", err))
+		}
+	}
 	if err := hostnet.DeleteTap(v.Tap); err != nil {
 		errs = append(errs, err)
 	}

@@ -17,6 +17,7 @@ import (
 	"banger/internal/disk"
 	"banger/internal/guest"
 	"banger/internal/hostnet"
+	"banger/internal/netfilter"
 	"banger/internal/paths"
 	"banger/internal/rpc"
 	"banger/internal/store"
@@ -32,6 +33,9 @@ type Deps struct {
 	// Disk is the root disk backend for new VMs.
 	Disk disk.Backend
 	Keys *guest.Keys
+	// Firewall holds each running VM's NAT and published ports and the
+	// guests' isolation (nil: no firewall, e.g. in unit tests).
+	Firewall *netfilter.Manager
 	// Names receives NAME.vm records as VMs start and stop (nil: no DNS).
 	Names Names
 	// Agent is the guest agent binary given to guests through their
@@ -161,7 +165,7 @@ func (s *Service) View(v store.VM) api.VM {
 		DiskSizeBytes: v.DiskSize, WorkSizeBytes: v.WorkSize, IP: v.IP, MAC: v.MAC, Tap: v.Tap,
 		Driver: v.Driver, RootBackend: v.Root.Backend, RootPath: v.Root.Path, WorkPath: v.WorkPath,
 		ConsoleLog: consoleLog(v), BootID: v.BootID, CreatedAt: v.CreatedAt, StartedAt: v.StartedAt,
-		Stages: v.Stages, LastError: v.LastError, Workspace: v.Workspace, Agent: hasAgent(v),
+		Stages: v.Stages, LastError: v.LastError, Workspace: v.Workspace, Agent: hasAgent(v), NAT: v.NAT, Publish: v.Publish,
 	}
 	if v.Handle != nil {
 		out.PID = v.Handle.PID
@@ -256,6 +260,44 @@ func (s *Service) SSHCheck(ctx context.Context, name string) error {
 		return rpc.Errorf(rpc.CodeUnavailable, "vm %s does not answer SSH at %s: %v", name, info.Host, err)
 	}
 	return c.Close()
+}
+
+// firewallRules are a VM's rules for the firewall.
+func firewallRules(v store.VM) (netfilter.VMRules, error) {
+	r := netfilter.VMRules{ID: v.ID, Name: v.Name, Tap: v.Tap, NAT: v.NAT}
+	var err error
+	if r.IP, err = netip.ParseAddr(v.IP); err != nil {
+		return r, fmt.Errorf("vm %s: address %q: %w", v.Name, v.IP, err)
+	}
+	for _, spec := range v.Publish {
+		pm, err := netfilter.ParsePublish(spec)
+		if err != nil {
+			return r, fmt.Errorf("vm %s: published port %q: %w", v.Name, spec, err)
+		}
+		r.Publish = append(r.Publish, pm)
+	}
+	return r, nil
+}
+
+// RunningRules are the firewall rules of every running VM (to rebuild the
+// firewall on daemon start).
+func (s *Service) RunningRules(ctx context.Context) ([]netfilter.VMRules, error) {
+	vms, err := s.Store.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []netfilter.VMRules
+	for _, v := range vms {
+		if v.State != api.StateRunning {
+			continue
+		}
+		r, err := firewallRules(v)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
 }
 
 // RunningAddrs maps each running VM's name to its address (to rebuild DNS).

@@ -13,6 +13,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/disk"
+	"banger/internal/netfilter"
 	"banger/internal/rpc"
 	"banger/internal/store"
 )
@@ -27,6 +28,8 @@ type createRequest struct {
 	workSize   int64
 	noStart    bool
 	keepFailed bool
+	nat        bool
+	publish    []netfilter.PortMapping
 }
 
 func invalid(format string, args ...any) error {
@@ -50,6 +53,14 @@ func (s *Service) validateCreate(ctx context.Context, p api.VMCreateParams) (cre
 	var err error
 	if r.memoryMiB, err = parseMemory(p.Memory, s.Config.VM.Memory); err != nil {
 		return r, err
+	}
+	r.nat = p.NAT
+	for _, spec := range p.Publish {
+		pm, err := netfilter.ParsePublish(spec)
+		if err != nil {
+			return r, invalid("-p %q: %v", spec, err)
+		}
+		r.publish = append(r.publish, pm)
 	}
 	imageName := p.Image
 	if imageName == "" {
@@ -160,6 +171,18 @@ func (s *Service) reserveVM(ctx context.Context, r createRequest) (store.VM, err
 	} else if taken[name] {
 		return store.VM{}, rpc.Errorf(rpc.CodeConflict, "a VM named %q already exists; choose another --name or delete it first", name)
 	}
+	for _, pm := range r.publish {
+		for _, v := range vms {
+			for _, spec := range v.Publish {
+				if other, err := netfilter.ParsePublish(spec); err == nil && other.Overlaps(pm) {
+					return store.VM{}, rpc.Errorf(rpc.CodeConflict, "-p %s: vm %s already publishes %s", pm, v.Name, spec)
+				}
+			}
+		}
+		if err := netfilter.CheckHostPortFree(pm); err != nil {
+			return store.VM{}, rpc.Errorf(rpc.CodeConflict, "-p %s: %v", pm, err)
+		}
+	}
 	ip, err := allocate(s.Net.CIDR, used)
 	if err != nil {
 		return store.VM{}, rpc.Errorf(rpc.CodeFailedPrecondition, "%v", err)
@@ -169,7 +192,10 @@ func (s *Service) reserveVM(ctx context.Context, r createRequest) (store.VM, err
 		ID: id, Name: name, Image: r.image.Name, State: api.StateCreating, VCPU: r.vcpu, MemoryMiB: r.memoryMiB,
 		DiskSize: r.diskSize, WorkSize: r.workSize, IP: ip.String(), MAC: macFor(id), Tap: s.Net.TapName(id),
 		Driver: s.Driver.Name(), Root: disk.Root{Backend: s.Disk.Name()},
-		Dir: s.Paths.VMDir(id), CreatedAt: nowUTC(),
+		Dir: s.Paths.VMDir(id), CreatedAt: nowUTC(), NAT: r.nat,
+	}
+	for _, pm := range r.publish {
+		v.Publish = append(v.Publish, pm.String())
 	}
 	v.WorkPath = v.Dir + "/work.ext4"
 	if err := s.Store.InsertVM(ctx, v); err != nil {

@@ -1,0 +1,109 @@
+package e2e
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// httpdPerl is a one-response-per-connection HTTP server (perl comes with
+// git in the guest and with Debian on the host).
+const httpdPerl = `use IO::Socket::INET; my $s = IO::Socket::INET->new(LocalAddr => $ARGV[0], Listen => 5, ReuseAddr => 1) or die $!;
+while (my $c = $s->accept) { my $l = <$c>; print $c "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"; close $c }`
+
+// TestNetwork: --nat reaches an "upstream" namespace and a VM without it
+// cannot; guests cannot reach each other; -p publishes a guest port on the
+// host's loopback; rules go with the VM and other tables are untouched.
+func TestNetwork(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{})
+	up := e.upstream(t)
+	nft := func(args ...string) string {
+		out, err := exec.Command("ip", append([]string{"netns", "exec", e.ns, "nft"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("nft %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	nft("add", "table", "inet", "bangertest_foreign")
+	nft("add", "chain", "inet", "bangertest_foreign", "input", "{ type filter hook input priority 10; policy accept; }")
+	nft("add", "rule", "inet", "bangertest_foreign", "input", "tcp", "dport", "9", "counter", "accept")
+	foreignBefore := nft("list", "table", "inet", "bangertest_foreign")
+
+	e.registerImage()
+	e.must("vm", "create", "--name", "natty", "--nat")
+	e.must("vm", "create", "--name", "plain", "-p", "127.0.0.1:18080:8080")
+	natty, plain := e.show("natty"), e.show("plain")
+	if !natty.NAT || len(plain.Publish) != 1 {
+		t.Fatalf("vm show: natty nat=%v, plain publish=%v", natty.NAT, plain.Publish)
+	}
+
+	get := `exec 3<>"/dev/tcp/$1/$2" && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && head -c 15 <&3`
+	if out := e.ssh("natty", "timeout", "10", "bash", "-c", get, "bash", up, "8000"); out != "HTTP/1.0 200 OK" {
+		t.Fatalf("a --nat guest fetching from upstream got %q", out)
+	}
+	if r := e.run("vm", "ssh", "plain", "--", "timeout", "5", "bash", "-c", get, "bash", up, "8000"); r.code == 0 {
+		t.Fatalf("a guest without --nat reached upstream: %q", r.stdout)
+	}
+	if r := e.run("vm", "ssh", "natty", "--", "timeout", "5", "bash", "-c", `exec 3<>"/dev/tcp/$1/22"`, "bash", plain.IP); r.code == 0 {
+		t.Fatal("a guest reached another guest's sshd; guests must be isolated by default")
+	}
+
+	// -p 127.0.0.1:18080:8080 serves the guest's port 8080 on the host.
+	e.must("vm", "exec", "plain", "sh", "-c", `nohup perl -e "$1" 0.0.0.0:8080 >/dev/null 2>&1 &
+		for i in $(seq 100); do grep -q ':1F90 ' /proc/net/tcp && exit 0; sleep 0.1; done; exit 1`, "sh", httpdPerl)
+	curl := exec.Command("ip", "netns", "exec", e.ns, "curl", "-sS", "--max-time", "10", "http://127.0.0.1:18080/")
+	if out, err := curl.CombinedOutput(); err != nil || string(out) != "ok" {
+		t.Fatalf("curl of the published port: %v %q", err, out)
+	}
+	if r := e.run("vm", "create", "--name", "clash", "-p", "127.0.0.1:18080:80"); r.code == 0 || !strings.Contains(r.stderr, "already publishes") {
+		t.Fatalf("a second VM on the same host port: exit %d, %s", r.code, r.stderr)
+	}
+
+	// Rules go with the VM; other tables are left alone.
+	e.must("vm", "delete", "--force", "natty")
+	e.must("vm", "stop", "plain")
+	if ruleset := nft("list", "ruleset"); strings.Contains(ruleset, "vm="+natty.ID) || strings.Contains(ruleset, "vm="+plain.ID) {
+		t.Fatalf("rules of a deleted or stopped VM remain:\n%s", ruleset)
+	}
+	if after := nft("list", "table", "inet", "bangertest_foreign"); after != foreignBefore {
+		t.Fatalf("banger changed a foreign table:\nbefore:\n%s\nafter:\n%s", foreignBefore, after)
+	}
+}
+
+// upstream makes a namespace standing for "the internet", linked to the
+// scenario's namespace by a veth pair, with an HTTP server at 172.31.250.2:8000.
+func (e *env) upstream(t *testing.T) string {
+	t.Helper()
+	ns := e.ns + "-up"
+	veth := "bgtv" + strings.TrimPrefix(e.ns, nsPrefix)[:8]
+	steps := [][]string{
+		{"netns", "add", ns},
+		{"-n", ns, "link", "set", "lo", "up"},
+		{"-n", e.ns, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns},
+		{"-n", e.ns, "addr", "add", "172.31.250.1/24", "dev", veth},
+		{"-n", e.ns, "link", "set", veth, "up"},
+		{"-n", ns, "addr", "add", "172.31.250.2/24", "dev", "eth0"},
+		{"-n", ns, "link", "set", "eth0", "up"},
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	for _, s := range steps {
+		if out, err := exec.Command("ip", s...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v %s", s, err, out)
+		}
+	}
+	srv := exec.Command("ip", "netns", "exec", ns, "perl", "-e", httpdPerl, "172.31.250.2:8000")
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
+	// Wait until it listens (a real condition, bounded).
+	for i := 0; i < 100; i++ {
+		if exec.Command("ip", "netns", "exec", ns, "sh", "-c", "grep -q ':1F40 ' /proc/net/tcp").Run() == nil {
+			return "172.31.250.2"
+		}
+		exec.Command("sleep", "0.1").Run()
+	}
+	t.Fatal("the upstream HTTP server did not start listening")
+	return ""
+}
