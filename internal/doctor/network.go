@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"net/netip"
-	"strings"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
@@ -118,17 +117,8 @@ func checkNetwork(_ context.Context, env Env) Result {
 			dsts = append(dsts, dst)
 		}
 	}
-	for _, r := range routes {
-		dst, ok := routePrefix(r)
-		if !ok || !dst.Overlaps(cidr) {
-			continue
-		}
-		names := routeLinks(r, brIndex)
-		if len(names) == 0 {
-			continue
-		}
-		return fail(fmt.Sprintf("network.cidr %s overlaps the host route %s on %s%s", cidr, dst, strings.Join(names, ", "), tableName(r.Table)),
-			fmt.Sprintf("set network.cidr = %q in %s (a range no host route uses)", freeCIDR(cidr, dsts), env.ConfigPath))
+	if err := hostnet.CheckRouteConflict(cidr, brIndex); err != nil {
+		return fail(err.Error(), fmt.Sprintf("set network.cidr = %q in %s (a range no host route uses)", freeCIDR(cidr, dsts), env.ConfigPath))
 	}
 	state := "will be created"
 	if brIndex != 0 {
@@ -148,42 +138,6 @@ func routePrefix(r netlink.Route) (netip.Prefix, bool) {
 		return netip.Prefix{}, false
 	}
 	return netip.PrefixFrom(ip, ones).Masked(), true
-}
-
-// routeLinks names the interfaces of r other than skip; a route without one
-// (blackhole, unreachable) names none.
-func routeLinks(r netlink.Route, skip int) []string {
-	var idx []int
-	if r.LinkIndex > 0 {
-		idx = append(idx, r.LinkIndex)
-	}
-	for _, nh := range r.MultiPath {
-		if nh != nil && nh.LinkIndex > 0 {
-			idx = append(idx, nh.LinkIndex)
-		}
-	}
-	var names []string
-	for _, i := range idx {
-		if i == skip {
-			continue
-		}
-		name := fmt.Sprintf("index %d", i)
-		if l, err := netlink.LinkByIndex(i); err == nil {
-			name = l.Attrs().Name
-		}
-		names = append(names, fmt.Sprintf("%q", name))
-	}
-	return names
-}
-
-func tableName(t int) string {
-	switch t {
-	case unix.RT_TABLE_MAIN, unix.RT_TABLE_UNSPEC:
-		return ""
-	case unix.RT_TABLE_LOCAL:
-		return " (table local)"
-	}
-	return fmt.Sprintf(" (table %d)", t)
 }
 
 // freeCIDR suggests a range of cidr's size that no route overlaps, trying

@@ -106,7 +106,7 @@ func EnsureBridge(cfg Config) (err error) {
 		if br != nil {
 			brIndex = br.Attrs().Index
 		}
-		if err := checkRouteConflict(cidr, brIndex); err != nil {
+		if err := CheckRouteConflict(cidr, brIndex); err != nil {
 			return err
 		}
 	}
@@ -148,10 +148,10 @@ func EnsureBridge(cfg Config) (err error) {
 	return nil
 }
 
-// checkRouteConflict returns an error if an IPv4 route on an interface other
-// than the one with index skipIndex overlaps cidr. Default routes and routes
+// CheckRouteConflict returns an error if an IPv4 route on an interface other
+// than the one with index skipIndex (0: none) overlaps cidr. Default routes and routes
 // without an interface (blackhole, unreachable, ...) do not count.
-func checkRouteConflict(cidr netip.Prefix, skipIndex int) error {
+func CheckRouteConflict(cidr netip.Prefix, skipIndex int) error {
 	routes, err := retryDump(func() ([]netlink.Route, error) {
 		return netlink.RouteListFiltered(netlink.FAMILY_V4,
 			&netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
