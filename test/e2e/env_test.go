@@ -66,6 +66,12 @@ func newEnv(t *testing.T, o envOpts) *env {
 // scenario is left (processes, taps) and removes the namespace.
 func (e *env) cleanup() {
 	t := e.t
+	if t.Failed() {
+		// The daemon's log says why; the scenario's home is removed below.
+		if b, err := os.ReadFile(filepath.Join(e.stateDir(), "bangerd.log")); err == nil {
+			t.Logf("bangerd.log of %s (last 40 lines):\n%s", e.ns, lastLines(string(b), 40))
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if c, err := rpc.Dial(ctx, e.socket()); err == nil {
@@ -225,8 +231,7 @@ func (e *env) vmDirs() []string {
 func waitGone(pid int, timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-		if err != nil || strings.Contains(string(st), ") Z ") {
+		if exited(pid) {
 			return true
 		}
 		time.Sleep(20 * time.Millisecond) // polling a process that is not our child
@@ -234,14 +239,35 @@ func waitGone(pid int, timeout time.Duration) bool {
 	return false
 }
 
-func alive(pid int) bool {
+// exited reports whether pid is gone or a zombie whose every thread has
+// exited. A killed multi-threaded process (bangerd) shows its leader as a
+// zombie while other threads still exit, and its files (the RPC listener)
+// close only when the last one does.
+func exited(pid int) bool {
 	st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	return err == nil && !strings.Contains(string(st), ") Z ")
+	if err != nil {
+		return true
+	}
+	if !strings.Contains(string(st), ") Z ") {
+		return false
+	}
+	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	return err != nil || len(tasks) <= 1
 }
+
+func alive(pid int) bool { return !exited(pid) }
 
 func assertContains(t *testing.T, what, s, sub string) {
 	t.Helper()
 	if !strings.Contains(s, sub) {
 		t.Fatalf("%s: want it to contain %q, got:\n%s", what, sub, s)
 	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

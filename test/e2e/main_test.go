@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -166,8 +167,8 @@ func processesMentioning(s string) []string {
 		if err != nil || !bytes.Contains(b, []byte(s)) {
 			continue
 		}
-		if st, _ := os.ReadFile("/proc/" + pid + "/stat"); bytes.Contains(st, []byte(") Z ")) {
-			continue // a zombie holds no resources
+		if n, _ := strconv.Atoi(pid); exited(n) {
+			continue // a zombie whose threads are all gone holds no resources
 		}
 		found = append(found, pid+" "+strings.ReplaceAll(string(b), "\x00", " "))
 	}
