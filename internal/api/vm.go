@@ -21,6 +21,8 @@ const (
 	// MethodVMExec runs a command through the guest agent; it streams
 	// EventOutput and returns VMExecResult.
 	MethodVMExec = "vm.exec"
+	// MethodVMNetwork changes NAT and published ports (VMNetworkParams → VM).
+	MethodVMNetwork = "vm.network"
 	// MethodVMPorts lists guests' listening sockets (VMPortsParams → []VMPort).
 	MethodVMPorts = "vm.ports"
 	// Workspaces: prepare streams EventProgress and returns WorkspacePrepareResult.
@@ -273,4 +275,13 @@ type VMPort struct {
 	Endpoint  string `json:"endpoint"`
 	Reachable bool   `json:"reachable"`
 	URL       string `json:"url,omitempty"`
+}
+
+// VMNetworkParams changes a VM's network options; a running VM's firewall
+// follows at once.
+type VMNetworkParams struct {
+	Name          string   `json:"name"`
+	NAT           *bool    `json:"nat,omitempty"`
+	AddPublish    []string `json:"add_publish,omitempty"`
+	RemovePublish []string `json:"remove_publish,omitempty"`
 }

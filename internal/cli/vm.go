@@ -21,7 +21,7 @@ func (a *app) vmCmd() *cobra.Command {
 	c := &cobra.Command{Use: "vm", Short: "Create and manage microVMs"}
 	c.AddCommand(a.vmCreateCmd(), a.vmStartCmd("start"), a.vmStartCmd("restart"), a.vmStopCmd(), a.vmKillCmd(),
 		a.vmDeleteCmd(), a.vmListCmd("list"), a.vmShowCmd(), a.vmSetCmd(), a.vmPruneCmd(), a.vmLogsCmd(), a.vmSSHCmd(),
-		a.vmRunCmd(), a.vmExecCmd(), a.vmSSHProxyCmd(), a.vmWorkspaceCmd(), a.vmPortsCmd())
+		a.vmRunCmd(), a.vmExecCmd(), a.vmSSHProxyCmd(), a.vmWorkspaceCmd(), a.vmPortsCmd(), a.vmPortCmd())
 	return c
 }
 
@@ -303,17 +303,29 @@ func (a *app) vmShowCmd() *cobra.Command {
 
 func (a *app) vmSetCmd() *cobra.Command {
 	var p api.VMSetParams
+	var nat bool
 	c := &cobra.Command{
-		Use: "set NAME [--vcpu N] [--memory SIZE] [--work-size SIZE]", Short: "Change a stopped VM's resources (disks only grow)",
-		Args: cobra.ExactArgs(1),
+		Use:   "set NAME [--vcpu N] [--memory SIZE] [--work-size SIZE] [--nat=true|false]",
+		Short: "Change a VM's resources (stopped VM; disks only grow) or its NAT (at once)",
+		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p.Name = args[0]
-			if p.VCPU == 0 && p.Memory == "" && p.WorkSize == "" {
-				return errors.New("nothing to change: give --vcpu, --memory or --work-size")
+			natChanged := cmd.Flags().Changed("nat")
+			if p.VCPU == 0 && p.Memory == "" && p.WorkSize == "" && !natChanged {
+				return errors.New("nothing to change: give --vcpu, --memory, --work-size or --nat")
 			}
-			return a.call(cmd.Context(), api.MethodVMSet, p, nil)
+			if p.VCPU != 0 || p.Memory != "" || p.WorkSize != "" {
+				if err := a.call(cmd.Context(), api.MethodVMSet, p, nil); err != nil {
+					return err
+				}
+			}
+			if natChanged {
+				return a.call(cmd.Context(), api.MethodVMNetwork, api.VMNetworkParams{Name: p.Name, NAT: &nat}, nil)
+			}
+			return nil
 		},
 	}
+	c.Flags().BoolVar(&nat, "nat", false, "let the guest reach the outside through the host (takes effect at once)")
 	c.Flags().IntVar(&p.VCPU, "vcpu", 0, "virtual CPUs")
 	c.Flags().StringVar(&p.Memory, "memory", "", "memory, e.g. 2GiB")
 	c.Flags().StringVar(&p.WorkSize, "work-size", "", "new size of the /root work disk (grow only)")

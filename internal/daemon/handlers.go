@@ -88,6 +88,9 @@ func (d *Daemon) register() {
 	h(api.MethodVMExec, withParams(func(ctx context.Context, p api.VMExecParams, s *rpc.Stream) (any, error) {
 		return d.vms.Exec(ctx, p, func(o api.Output) { _ = s.Send(api.EventOutput, o) })
 	}))
+	h(api.MethodVMNetwork, withParams(func(ctx context.Context, p api.VMNetworkParams, _ *rpc.Stream) (any, error) {
+		return d.vms.SetNetwork(ctx, p)
+	}))
 	h(api.MethodVMPorts, withParams(func(ctx context.Context, p api.VMPortsParams, _ *rpc.Stream) (any, error) {
 		return d.vms.Ports(ctx, p.Names)
 	}))

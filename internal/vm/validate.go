@@ -172,15 +172,8 @@ func (s *Service) reserveVM(ctx context.Context, r createRequest) (store.VM, err
 		return store.VM{}, rpc.Errorf(rpc.CodeConflict, "a VM named %q already exists; choose another --name or delete it first", name)
 	}
 	for _, pm := range r.publish {
-		for _, v := range vms {
-			for _, spec := range v.Publish {
-				if other, err := netfilter.ParsePublish(spec); err == nil && other.Overlaps(pm) {
-					return store.VM{}, rpc.Errorf(rpc.CodeConflict, "-p %s: vm %s already publishes %s", pm, v.Name, spec)
-				}
-			}
-		}
-		if err := netfilter.CheckHostPortFree(pm); err != nil {
-			return store.VM{}, rpc.Errorf(rpc.CodeConflict, "-p %s: %v", pm, err)
+		if err := checkPublish(vms, pm, ""); err != nil {
+			return store.VM{}, err
 		}
 	}
 	ip, err := allocate(s.Net.CIDR, used)

@@ -60,6 +60,23 @@ func TestNetwork(t *testing.T) {
 		t.Fatalf("a second VM on the same host port: exit %d, %s", r.code, r.stderr)
 	}
 
+	// Ports and NAT change on a running VM at once.
+	e.must("vm", "port", "add", "plain", "127.0.0.1:18081:8080")
+	if got := e.must("vm", "port", "list", "plain"); got != "127.0.0.1:18080:8080/tcp\n127.0.0.1:18081:8080/tcp\n" {
+		t.Fatalf("vm port list: %q", got)
+	}
+	e.must("vm", "port", "rm", "plain", "127.0.0.1:18080:8080")
+	for port, want := range map[string]bool{"18081": true, "18080": false} {
+		out, err := exec.Command("ip", "netns", "exec", e.ns, "curl", "-sS", "--max-time", "5", "http://127.0.0.1:"+port+"/").CombinedOutput()
+		if got := err == nil && string(out) == "ok"; got != want {
+			t.Fatalf("curl 127.0.0.1:%s after port add/rm: %v %q, want served=%v", port, err, out, want)
+		}
+	}
+	e.must("vm", "set", "plain", "--nat=true")
+	if out := e.ssh("plain", "timeout", "10", "bash", "-c", get, "bash", up, "8000"); out != "HTTP/1.0 200 OK" {
+		t.Fatalf("after vm set --nat=true the guest fetched %q", out)
+	}
+
 	// Rules go with the VM; other tables are left alone.
 	e.must("vm", "delete", "--force", "natty")
 	e.must("vm", "stop", "plain")
