@@ -34,4 +34,8 @@ type DaemonStatus struct {
 }
 
 // DaemonStopParams asks the daemon to exit. Running VMs keep running.
-type DaemonStopParams struct{}
+type DaemonStopParams struct {
+	// Cleanup also removes what the daemon keeps on the host between VMs
+	// (its nftables tables, the bridge); refused while a VM runs.
+	Cleanup bool `json:"cleanup,omitempty"`
+}

@@ -38,8 +38,9 @@ func (a *app) daemonCmd() *cobra.Command {
 			return w.flush()
 		},
 	}
+	var cleanup bool
 	stop := &cobra.Command{
-		Use: "stop", Short: "Stop the daemon (running VMs keep running)", Args: cobra.NoArgs,
+		Use: "stop [--cleanup]", Short: "Stop the daemon (running VMs keep running)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cl, _, err := a.connectExisting(cmd.Context())
 			if err != nil {
@@ -47,13 +48,18 @@ func (a *app) daemonCmd() *cobra.Command {
 				return nil
 			}
 			defer cl.Close()
-			if err := cl.Call(cmd.Context(), api.MethodDaemonStop, api.DaemonStopParams{}, nil); err != nil {
+			if err := cl.Call(cmd.Context(), api.MethodDaemonStop, api.DaemonStopParams{Cleanup: cleanup}, nil); err != nil {
 				return err
 			}
-			fmt.Fprintln(a.stderr, "daemon stopping; running VMs keep running")
+			if cleanup {
+				fmt.Fprintln(a.stderr, "daemon stopping; its firewall tables and bridge are removed")
+			} else {
+				fmt.Fprintln(a.stderr, "daemon stopping; running VMs keep running")
+			}
 			return nil
 		},
 	}
+	stop.Flags().BoolVar(&cleanup, "cleanup", false, "also remove banger's nftables tables and bridge (no VM may be running)")
 	c.AddCommand(a.addJSON(status), stop)
 	return c
 }

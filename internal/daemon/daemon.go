@@ -50,6 +50,8 @@ type Daemon struct {
 	vms     *vm.Service
 	driver  vmm.Driver
 	dns     *dnsserver.Server // nil when off or failed to start
+	fw      *netfilter.Manager
+	netCfg  hostnet.Config
 	server  *rpc.Server
 	started time.Time
 	status  api.DaemonStatus
@@ -168,6 +170,7 @@ func (d *Daemon) init(ctx context.Context) error {
 	if err := d.vms.Reconcile(ctx); err != nil {
 		return err
 	}
+	d.fw, d.netCfg = fw, netCfg
 	if err := d.startFirewall(ctx, fw, netCfg); err != nil {
 		return err
 	}
@@ -191,6 +194,27 @@ func (d *Daemon) startFirewall(ctx context.Context, fw *netfilter.Manager, netCf
 		return fmt.Errorf("firewall (nftables table %q): %w; `banger doctor` checks nftables", fw.Table(), err)
 	}
 	d.log.Info("firewall ready", "table", fw.Table(), "vms", len(rules))
+	return nil
+}
+
+// cleanupHost removes what the daemon keeps on the host between VMs — its
+// nftables tables and the bridge — before it stops (daemon stop --cleanup).
+// With a VM running it refuses and changes nothing.
+func (d *Daemon) cleanupHost(ctx context.Context) error {
+	if running, _ := d.vms.Counts(ctx); running > 0 {
+		return rpc.Errorf(rpc.CodeFailedPrecondition, "%d VM(s) running; stop or delete them before `banger daemon stop --cleanup`", running)
+	}
+	if d.dns != nil { // it listens on the bridge address
+		d.dns.Close()
+		d.dns = nil
+	}
+	if err := d.fw.Teardown(); err != nil {
+		return fmt.Errorf("remove nftables tables: %w", err)
+	}
+	if err := hostnet.DeleteBridge(d.netCfg.Bridge); err != nil {
+		return fmt.Errorf("delete bridge %s: %w", d.netCfg.Bridge, err)
+	}
+	d.log.Info("host cleaned up", "bridge", d.netCfg.Bridge, "table", d.fw.Table())
 	return nil
 }
 

@@ -18,7 +18,18 @@ func (d *Daemon) register() {
 		st.VMsRunning, st.VMsTotal = d.vms.Counts(ctx)
 		return st, nil
 	})
-	h(api.MethodDaemonStop, func(ctx context.Context, _ json.RawMessage, _ *rpc.Stream) (any, error) {
+	h(api.MethodDaemonStop, func(ctx context.Context, raw json.RawMessage, _ *rpc.Stream) (any, error) {
+		var p api.DaemonStopParams
+		if len(raw) > 0 && string(raw) != "null" {
+			if err := json.Unmarshal(raw, &p); err != nil {
+				return nil, rpc.Errorf(rpc.CodeInvalidParams, "%v", err)
+			}
+		}
+		if p.Cleanup {
+			if err := d.cleanupHost(ctx); err != nil {
+				return nil, err
+			}
+		}
 		select {
 		case <-d.stop:
 		default:

@@ -4,6 +4,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 )
 
 // httpdPerl is a one-response-per-connection HTTP server (perl comes with
@@ -77,6 +78,10 @@ func TestNetwork(t *testing.T) {
 		t.Fatalf("after vm set --nat=true the guest fetched %q", out)
 	}
 
+	if r := e.run("daemon", "stop", "--cleanup"); r.code == 0 || !strings.Contains(r.stderr, "running") {
+		t.Fatalf("daemon stop --cleanup with VMs running: exit %d %s", r.code, r.stderr)
+	}
+
 	// Rules go with the VM; other tables are left alone.
 	e.must("vm", "delete", "--force", "natty")
 	e.must("vm", "stop", "plain")
@@ -85,6 +90,17 @@ func TestNetwork(t *testing.T) {
 	}
 	if after := nft("list", "table", "inet", "bangertest_foreign"); after != foreignBefore {
 		t.Fatalf("banger changed a foreign table:\nbefore:\n%s\nafter:\n%s", foreignBefore, after)
+	}
+
+	// daemon stop --cleanup takes banger's tables and bridge away, nothing else.
+	pid := e.daemonPID()
+	e.must("daemon", "stop", "--cleanup")
+	waitGone(pid, 30*time.Second)
+	if tables := nft("list", "tables"); strings.Contains(tables, "banger\n") || !strings.Contains(tables, "bangertest_foreign") {
+		t.Fatalf("nft tables after daemon stop --cleanup:\n%s", tables)
+	}
+	if links := e.links("banger0"); len(links) != 0 {
+		t.Fatalf("bridge left after daemon stop --cleanup: %v", links)
 	}
 }
 
