@@ -8,7 +8,7 @@ PACKAGES=(
 	e2fsprogs xfsprogs                  # work disks (mkfs.ext4 -d), reflink tests on XFS
 	iproute2 nftables                   # bridge, taps, network namespaces
 	openssh-client                      # `banger vm ssh`
-	dnsutils                            # dig, for the DNS server tests
+	dnsutils dnsmasq-base               # dig, and an upstream resolver, for the DNS tests
 	debootstrap busybox-static cpio kmod # the test guest fixture (test/fixture)
 	dmsetup util-linux procps zstd ca-certificates
 )

@@ -17,7 +17,8 @@ while (my $c = $s->accept) { my $l = <$c>; print $c "HTTP/1.0 200 OK\r\nContent-
 // host's loopback; rules go with the VM and other tables are untouched.
 func TestNetwork(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envOpts{})
+	// The daemon forwards names outside .vm to a resolver in the upstream namespace.
+	e := newEnv(t, envOpts{config: "[network]\ndns_upstreams = [\"172.31.250.2\"]\n"})
 	up := e.upstream(t)
 	nft := func(args ...string) string {
 		out, err := exec.Command("ip", append([]string{"netns", "exec", e.ns, "nft"}, args...)...).CombinedOutput()
@@ -45,6 +46,13 @@ func TestNetwork(t *testing.T) {
 	}
 	if r := e.run("vm", "ssh", "plain", "--", "timeout", "5", "bash", "-c", get, "bash", up, "8000"); r.code == 0 {
 		t.Fatalf("a guest without --nat reached upstream: %q", r.stdout)
+	}
+	// A guest resolves an upstream name through the bridge DNS, and another guest by name.
+	if out := e.ssh("plain", "getent", "hosts", "upstream.bangertest"); !strings.HasPrefix(out, up+" ") {
+		t.Fatalf("getent hosts upstream.bangertest in a guest: %q, want %s", out, up)
+	}
+	if out := e.ssh("plain", "getent", "hosts", "natty.vm"); !strings.HasPrefix(out, natty.IP+" ") {
+		t.Fatalf("getent hosts natty.vm in a guest: %q, want %s", out, natty.IP)
 	}
 	if r := e.run("vm", "ssh", "natty", "--", "timeout", "5", "bash", "-c", `exec 3<>"/dev/tcp/$1/22"`, "bash", plain.IP); r.code == 0 {
 		t.Fatal("a guest reached another guest's sshd; guests must be isolated by default")
@@ -105,7 +113,8 @@ func TestNetwork(t *testing.T) {
 }
 
 // upstream makes a namespace standing for "the internet", linked to the
-// scenario's namespace by a veth pair, with an HTTP server at 172.31.250.2:8000.
+// scenario's namespace by a veth pair, with an HTTP server at 172.31.250.2:8000
+// and a resolver (dnsmasq) on 172.31.250.2:53 that knows upstream.bangertest.
 func (e *env) upstream(t *testing.T) string {
 	t.Helper()
 	ns := e.ns + "-up"
@@ -125,6 +134,13 @@ func (e *env) upstream(t *testing.T) string {
 			t.Fatalf("ip %v: %v %s", s, err, out)
 		}
 	}
+	dns := exec.Command("ip", "netns", "exec", ns, "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+		"--bind-interfaces", "--listen-address=172.31.250.2", "--address=/upstream.bangertest/172.31.250.2",
+		"--pid-file=", "--user=root")
+	if err := dns.Start(); err != nil {
+		t.Fatalf("dnsmasq (apt-get install dnsmasq-base): %v", err)
+	}
+	t.Cleanup(func() { dns.Process.Kill(); dns.Wait() })
 	srv := exec.Command("ip", "netns", "exec", ns, "perl", "-e", httpdPerl, "172.31.250.2:8000")
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
@@ -132,11 +148,11 @@ func (e *env) upstream(t *testing.T) string {
 	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
 	// Wait until it listens (a real condition, bounded).
 	for i := 0; i < 100; i++ {
-		if exec.Command("ip", "netns", "exec", ns, "sh", "-c", "grep -q ':1F40 ' /proc/net/tcp").Run() == nil {
+		if exec.Command("ip", "netns", "exec", ns, "sh", "-c", "grep -q ':1F40 ' /proc/net/tcp && grep -q ':0035 ' /proc/net/udp").Run() == nil {
 			return "172.31.250.2"
 		}
 		exec.Command("sleep", "0.1").Run()
 	}
-	t.Fatal("the upstream HTTP server did not start listening")
+	t.Fatal("the upstream HTTP server or resolver did not start listening")
 	return ""
 }
