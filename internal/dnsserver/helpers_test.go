@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,37 +14,14 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"banger/internal/testutil/nsleak"
 )
 
 // testNetnsPrefix names every network namespace these tests create.
 const testNetnsPrefix = "bgtest-dns-"
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if left := leftNetns(); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "FAIL: network namespaces left behind: %s (remove with `ip netns del NAME`)\n",
-			strings.Join(left, " "))
-		if code == 0 {
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-func leftNetns() []string {
-	entries, err := os.ReadDir("/run/netns")
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), testNetnsPrefix) {
-			out = append(out, e.Name())
-		}
-	}
-	sort.Strings(out)
-	return out
-}
+func TestMain(m *testing.M) { nsleak.Main(m, testNetnsPrefix) }
 
 // testLogWriter sends log lines to t.Log until the test is over.
 type testLogWriter struct {

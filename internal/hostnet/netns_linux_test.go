@@ -7,49 +7,20 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strings"
 	"testing"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-)
 
-// netnsDir is where named network namespaces are bind-mounted (netns.NewNamed,
-// `ip netns`).
-const netnsDir = "/run/netns"
+	"banger/internal/testutil/nsleak"
+)
 
 // testNetnsPrefix names every namespace these tests create (other packages
 // use their own bgtest-* prefixes and may run at the same time).
 const testNetnsPrefix = "bgtest-hostnet-"
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if left := listTestNetns(); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "FAIL: network namespaces left behind: %s (remove with `ip netns del NAME`)\n",
-			strings.Join(left, " "))
-		if code == 0 {
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// listTestNetns returns the named namespaces whose name starts with testNetnsPrefix.
-func listTestNetns() []string {
-	entries, err := os.ReadDir(netnsDir)
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), testNetnsPrefix) {
-			out = append(out, e.Name())
-		}
-	}
-	sort.Strings(out)
-	return out
-}
+func TestMain(m *testing.M) { nsleak.Main(m, testNetnsPrefix) }
 
 // testNS is a fresh network namespace the calling test runs in.
 type testNS struct {
@@ -106,7 +77,7 @@ func enterTestNetns(t *testing.T) *testNS {
 		if err := netns.DeleteNamed(name); err != nil {
 			t.Errorf("delete netns %s: %v", name, err)
 		}
-		if _, err := os.Stat(filepath.Join(netnsDir, name)); !os.IsNotExist(err) {
+		if _, err := os.Stat(filepath.Join(nsleak.Dir, name)); !os.IsNotExist(err) {
 			t.Errorf("netns %s still mounted after cleanup (stat: %v)", name, err)
 		}
 		if users := netnsUsers(st.Ino); len(users) > 0 {

@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -22,40 +21,14 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-)
 
-// netnsDir is where named network namespaces are bind-mounted.
-const netnsDir = "/run/netns"
+	"banger/internal/testutil/nsleak"
+)
 
 // testNetnsPrefix names every namespace these tests create.
 const testNetnsPrefix = "bgtest-nf-"
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if left := listTestNetns(); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "FAIL: network namespaces left behind: %s (remove with `ip netns del NAME`)\n",
-			strings.Join(left, " "))
-		if code == 0 {
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-func listTestNetns() []string {
-	entries, err := os.ReadDir(netnsDir)
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), testNetnsPrefix) {
-			out = append(out, e.Name())
-		}
-	}
-	sort.Strings(out)
-	return out
-}
+func TestMain(m *testing.M) { nsleak.Main(m, testNetnsPrefix) }
 
 func needRoot(t *testing.T) {
 	t.Helper()
@@ -97,7 +70,7 @@ func newNS(t *testing.T, role string) *testNS {
 		if err := netns.DeleteNamed(name); err != nil {
 			t.Errorf("delete netns %s: %v", name, err)
 		}
-		if _, err := os.Stat(filepath.Join(netnsDir, name)); !os.IsNotExist(err) {
+		if _, err := os.Stat(filepath.Join(nsleak.Dir, name)); !os.IsNotExist(err) {
 			t.Errorf("netns %s still mounted after cleanup (stat: %v)", name, err)
 		}
 	})
