@@ -26,7 +26,7 @@ func (a *app) vmPortsCmd() *cobra.Command {
 			for _, p := range ports {
 				endpoint, url := p.Endpoint, p.URL
 				if !p.Reachable {
-					endpoint = p.Address + ":" + itoa(p.Port) + " (guest only)"
+					endpoint = p.Address + ":" + strconv.Itoa(p.Port) + " (guest only)"
 				}
 				if url == "" {
 					url = "-"
@@ -38,8 +38,6 @@ func (a *app) vmPortsCmd() *cobra.Command {
 	}
 	return a.addJSON(c)
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }
 
 func dash(s string) string {
 	if s == "" {

@@ -72,6 +72,7 @@ func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *sta
 	defer func() {
 		if err != nil {
 			undo.run(s.Log, v.Name)
+			s.dropAgent(v.ID)
 			v.State = api.StateStopped
 			v.Handle = nil
 			v.LastError = err.Error()
@@ -189,7 +190,7 @@ func (s *Service) waitGuest(ctx context.Context, v *store.VM, m vmm.Machine, cha
 	}()
 	var err error
 	if channel != "" {
-		v.BootID, err = agentBootID(ctx, agentDialer(*v, channel))
+		v.BootID, err = s.agentBootID(ctx, v.ID, agentDialer(*v, channel))
 	} else {
 		v.BootID, err = s.sshBootID(ctx, v)
 	}
@@ -213,15 +214,25 @@ func agentDialer(v store.VM, channel string) agent.Dialer {
 	return agent.UnixDialer(channel)
 }
 
-func agentBootID(ctx context.Context, dial agent.Dialer) (string, error) {
+// agentBootID waits for the guest's agent and reads its boot_id. The
+// connection is kept as the VM's shared one, so the first exec does not
+// pay for another handshake.
+func (s *Service) agentBootID(ctx context.Context, id string, dial agent.Dialer) (string, error) {
 	c, err := agent.DialWait(ctx, dial)
 	if err != nil {
 		return "", fmt.Errorf("guest agent did not answer: %w", err)
 	}
-	defer c.Close()
 	h, err := c.Health(ctx)
 	if err != nil {
+		c.Close()
 		return "", fmt.Errorf("guest agent health: %w", err)
+	}
+	s.agentMu.Lock()
+	old := s.agents[id]
+	s.agents[id] = c
+	s.agentMu.Unlock()
+	if old != nil {
+		old.Close()
 	}
 	return h.BootID, nil
 }

@@ -198,66 +198,90 @@ func (s *Service) Show(ctx context.Context, name string) (api.VM, error) {
 
 // SSHInfo returns what the CLI needs to run the system ssh against a VM.
 func (s *Service) SSHInfo(ctx context.Context, name string) (api.SSHInfo, error) {
-	v, err := s.get(ctx, name)
+	v, err := s.running(ctx, name)
 	if err != nil {
 		return api.SSHInfo{}, err
 	}
-	if v.State != api.StateRunning {
-		return api.SSHInfo{}, rpc.Errorf(rpc.CodeFailedPrecondition, "vm %s is %s; start it with `banger vm start %s`", v.Name, v.State, v.Name)
-	}
-	if err := s.ensureSSH(ctx, v.Name, v.IP); err != nil {
+	if err := s.ensureSSH(ctx, v); err != nil {
 		return api.SSHInfo{}, err
 	}
 	return api.SSHInfo{Name: v.Name, Host: v.IP, User: "root", KeyFile: s.Keys.KeyFile,
 		KnownHosts: s.Keys.KnownHosts, HostKeyAlias: guest.Alias(v.Name)}, nil
 }
 
+// running loads a VM and refuses one that is not running.
+func (s *Service) running(ctx context.Context, name string) (store.VM, error) {
+	v, err := s.get(ctx, name)
+	if err == nil && v.State != api.StateRunning {
+		err = rpc.Errorf(rpc.CodeFailedPrecondition, "vm %s is %s; start it with `banger vm start %s`", v.Name, v.State, v.Name)
+	}
+	return v, err
+}
+
 // ensureSSH makes a VM reachable for the system ssh: with agent readiness
 // a create can finish before sshd listens, and the guest's host key must be
 // pinned (first use) before ssh runs with StrictHostKeyChecking. Once pinned,
 // it only waits for the port.
-func (s *Service) ensureSSH(ctx context.Context, name, ip string) error {
+func (s *Service) ensureSSH(ctx context.Context, v store.VM) error {
+	if !s.Keys.Pinned(v.Name) {
+		c, err := s.waitSSH(ctx, v)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	}
 	timeout, _ := s.Config.ReadyTimeout()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	addr := net.JoinHostPort(ip, "22")
-	if s.Keys.Pinned(name) {
-		var d net.Dialer
-		for {
-			c, err := d.DialContext(ctx, "tcp", addr)
-			if err == nil {
-				return c.Close()
-			}
-			select {
-			case <-ctx.Done():
-				return rpc.Errorf(rpc.CodeUnavailable, "vm %s: sshd does not listen at %s: %v", name, addr, err)
-			case <-time.After(100 * time.Millisecond): // retry interval while sshd starts
-			}
+	addr := net.JoinHostPort(v.IP, "22")
+	var d net.Dialer
+	for {
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			return c.Close()
+		}
+		select {
+		case <-ctx.Done():
+			return rpc.Errorf(rpc.CodeUnavailable, "vm %s: sshd does not listen at %s: %v", v.Name, addr, err)
+		case <-time.After(100 * time.Millisecond): // retry interval while sshd starts
 		}
 	}
-	c, err := s.Keys.WaitReady(ctx, name, addr)
-	if err != nil {
-		if errors.Is(err, guest.ErrHostKeyChanged) {
-			return rpc.Errorf(rpc.CodeFailedPrecondition, "%v", err)
-		}
-		return rpc.Errorf(rpc.CodeUnavailable, "vm %s: %v", name, err)
-	}
-	return c.Close()
 }
 
-// SSHCheck completes an SSH handshake with a running VM, returning the
-// precise failure (unreachable, changed host key) for the CLI to show.
+// waitSSH connects to a running VM's sshd, waiting (up to the ready timeout)
+// while it starts, and pins the host key on first use.
+func (s *Service) waitSSH(ctx context.Context, v store.VM) (*guest.Client, error) {
+	timeout, _ := s.Config.ReadyTimeout()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, err := s.Keys.WaitReady(ctx, v.Name, net.JoinHostPort(v.IP, "22"))
+	return c, sshError(v, err)
+}
+
+// sshError gives an SSH failure its RPC code: a changed host key is the
+// user's to resolve, anything else means the guest does not answer.
+func sshError(v store.VM, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, guest.ErrHostKeyChanged):
+		return rpc.Errorf(rpc.CodeFailedPrecondition, "%v", err)
+	default:
+		return rpc.Errorf(rpc.CodeUnavailable, "vm %s does not answer SSH at %s: %v", v.Name, v.IP, err)
+	}
+}
+
+// SSHCheck does one SSH handshake with a running VM, returning the precise
+// failure (unreachable, changed host key) for the CLI to show after the
+// system ssh failed.
 func (s *Service) SSHCheck(ctx context.Context, name string) error {
-	info, err := s.SSHInfo(ctx, name)
+	v, err := s.running(ctx, name)
 	if err != nil {
 		return err
 	}
-	c, err := s.Keys.Dial(ctx, name, net.JoinHostPort(info.Host, "22"), 10*time.Second)
+	c, err := s.Keys.Dial(ctx, v.Name, net.JoinHostPort(v.IP, "22"), 10*time.Second)
 	if err != nil {
-		if errors.Is(err, guest.ErrHostKeyChanged) {
-			return rpc.Errorf(rpc.CodeFailedPrecondition, "%v", err)
-		}
-		return rpc.Errorf(rpc.CodeUnavailable, "vm %s does not answer SSH at %s: %v", name, info.Host, err)
+		return sshError(v, err)
 	}
 	return c.Close()
 }

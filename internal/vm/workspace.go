@@ -5,11 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"banger/internal/api"
 	"banger/internal/guest"
@@ -24,17 +22,13 @@ func (g sshGuest) Run(ctx context.Context, argv []string, stdin io.Reader, stdou
 	return g.c.Exec(ctx, argv, stdin, stdout, stderr)
 }
 
-// dialGuest opens an SSH connection to a running VM.
+// dialGuest opens an SSH connection to a running VM (waiting while sshd starts).
 func (s *Service) dialGuest(ctx context.Context, name string) (*guest.Client, error) {
-	info, err := s.SSHInfo(ctx, name)
+	v, err := s.running(ctx, name)
 	if err != nil {
 		return nil, err
 	}
-	c, err := s.Keys.Dial(ctx, name, net.JoinHostPort(info.Host, "22"), 10*time.Second)
-	if err != nil {
-		return nil, rpc.Errorf(rpc.CodeUnavailable, "vm %s does not answer SSH: %v", name, err)
-	}
-	return c, nil
+	return s.waitSSH(ctx, v)
 }
 
 // checkHostDir resolves a user-given host directory before anything reads it.

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,14 @@ import (
 // git in the guest and with Debian on the host).
 const httpdPerl = `use IO::Socket::INET; my $s = IO::Socket::INET->new(LocalAddr => $ARGV[0], Listen => 5, ReuseAddr => 1) or die $!;
 while (my $c = $s->accept) { my $l = <$c>; print $c "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"; close $c }`
+
+// guestHTTP starts httpdPerl in the guest on port and returns once it listens.
+func (e *env) guestHTTP(vm string, port int) {
+	e.t.Helper()
+	e.must("vm", "exec", vm, "sh", "-c", `nohup perl -e "$1" "0.0.0.0:$2" >/dev/null 2>&1 &
+		hex=$(printf ':%04X ' "$2")
+		for i in $(seq 100); do grep -q "$hex" /proc/net/tcp && exit 0; sleep 0.1; done; exit 1`, "sh", httpdPerl, strconv.Itoa(port))
+}
 
 // TestNetwork: --nat reaches an "upstream" namespace and a VM without it
 // cannot; guests cannot reach each other; -p publishes a guest port on the
@@ -59,8 +68,7 @@ func TestNetwork(t *testing.T) {
 	}
 
 	// -p 127.0.0.1:18080:8080 serves the guest's port 8080 on the host.
-	e.must("vm", "exec", "plain", "sh", "-c", `nohup perl -e "$1" 0.0.0.0:8080 >/dev/null 2>&1 &
-		for i in $(seq 100); do grep -q ':1F90 ' /proc/net/tcp && exit 0; sleep 0.1; done; exit 1`, "sh", httpdPerl)
+	e.guestHTTP("plain", 8080)
 	curl := exec.Command("ip", "netns", "exec", e.ns, "curl", "-sS", "--max-time", "10", "http://127.0.0.1:18080/")
 	if out, err := curl.CombinedOutput(); err != nil || string(out) != "ok" {
 		t.Fatalf("curl of the published port: %v %q", err, out)

@@ -60,10 +60,7 @@ func TestRun(t *testing.T) {
 		t.Fatalf("vm exec: exit %d stdout %q, want 7 and the hostname", r.code, r.stdout)
 	}
 	// vm ports: sshd, and an HTTP server started in the guest (perl comes with git).
-	httpd := `use IO::Socket::INET; my $s = IO::Socket::INET->new(LocalPort => 8080, Listen => 5, ReuseAddr => 1) or die $!;
-		while (my $c = $s->accept) { my $l = <$c>; print $c "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"; close $c }`
-	e.must("vm", "exec", "kept", "sh", "-c", `nohup perl -e "$1" >/dev/null 2>&1 &
-		for i in $(seq 100); do grep -q ':1F90 ' /proc/net/tcp && exit 0; sleep 0.1; done; exit 1`, "sh", httpd)
+	e.guestHTTP("kept", 8080)
 	var ports []api.VMPort
 	if err := json.Unmarshal([]byte(e.must("vm", "ports", "kept", "--json")), &ports); err != nil {
 		t.Fatal(err)
