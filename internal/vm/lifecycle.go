@@ -85,8 +85,10 @@ func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *sta
 			return err
 		}
 		undo.push("delete tap "+v.Tap, func(context.Context) error { return hostnet.DeleteTap(v.Tap) })
-		if err := hostnet.CreateTap(v.Tap, s.Net.Bridge, -1); err != nil {
-			return err
+		if !s.Taps.Take(v.Tap) {
+			if err := hostnet.CreateTap(v.Tap, s.Net.Bridge, -1); err != nil {
+				return err
+			}
 		}
 		if s.Firewall == nil {
 			return nil
@@ -413,10 +415,16 @@ func (s *Service) shutdownGuest(ctx context.Context, v *store.VM, m vmm.Machine,
 			return false
 		}
 	}
-	asked := s.poweroffViaAgent(ctx, v) || s.poweroffViaSSH(ctx, v)
-	if !asked {
+	via := "agent"
+	switch {
+	case s.poweroffViaAgent(ctx, v):
+	case s.poweroffViaSSH(ctx, v):
+		via = "ssh"
+	default:
+		via = "ctrl-alt-del"
 		_ = m.CtrlAltDel(ctx)
 	}
+	s.Log.Info("guest asked to power off", "vm", v.Name, "via", via)
 	if wait(timeout) {
 		return "guest powered off"
 	}
@@ -436,9 +444,10 @@ func (s *Service) shutdownGuest(ctx context.Context, v *store.VM, m vmm.Machine,
 var poweroffCmd = []string{"sh", "-c", "sync; systemctl poweroff --no-block 2>/dev/null || poweroff"}
 
 // poweroffViaAgent asks a guest with the agent to power off, reporting
-// whether it was asked.
+// whether it was asked. v is stopping, so hasAgent (running VMs only) does
+// not apply: the agent's socket is what counts.
 func (s *Service) poweroffViaAgent(ctx context.Context, v *store.VM) bool {
-	if !hasAgent(*v) {
+	if _, err := os.Stat(agentSocket(*v)); err != nil {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
