@@ -36,6 +36,8 @@ type Deps struct {
 	// Firewall holds each running VM's NAT and published ports and the
 	// guests' isolation (nil: no firewall, e.g. in unit tests).
 	Firewall *netfilter.Manager
+	// Taps hands out ready taps at VM start (nil: each start creates its tap).
+	Taps *hostnet.TapPool
 	// Names receives NAME.vm records as VMs start and stop (nil: no DNS).
 	Names Names
 	// Agent is the guest agent binary given to guests through their
