@@ -23,6 +23,7 @@ import (
 	"banger/internal/config"
 	"banger/internal/disk"
 	"banger/internal/dnsserver"
+	"banger/internal/doctor"
 	"banger/internal/guest"
 	"banger/internal/hostnet"
 	"banger/internal/netfilter"
@@ -161,6 +162,9 @@ func (d *Daemon) init(ctx context.Context) error {
 	agentBin := d.findAgent()
 	deps := vm.Deps{Config: d.cfg, Paths: d.paths, Store: d.store, Driver: driver, Disk: backend, Agent: agentBin,
 		Keys: keys, Net: netCfg, Log: d.log, Firewall: fw, Taps: taps}
+	pf := newPreflight(doctor.NewEnv(d.paths))
+	deps.Preflight = func(ctx context.Context) error { return pf.run(ctx, VMChecks...) }
+	go pf.run(context.Background(), VMChecks...) // warm it: the first create need not wait for the checks
 	if d.cfg.Network.DNSListen != "" {
 		d.dns, err = dnsserver.New(dnsserver.Options{Logger: d.log.With("component", "dns"), Upstreams: d.cfg.Network.DNSUpstreams,
 			ReverseZones:   []netip.Prefix{netCfg.CIDR},

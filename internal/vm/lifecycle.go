@@ -351,6 +351,9 @@ func (s *Service) startLocked(ctx context.Context, v *store.VM, report Reporter)
 	default:
 		return rpc.Errorf(rpc.CodeFailedPrecondition, "vm %s is %s; wait for it to finish", v.Name, v.State)
 	}
+	if err := s.preflight(ctx); err != nil {
+		return err
+	}
 	im, err := s.Store.GetImage(ctx, v.Image)
 	if err != nil {
 		return err
