@@ -60,6 +60,14 @@ type Config struct {
 		DNSUpstreams []string `toml:"dns_upstreams"`
 	} `toml:"network"`
 
+	Image struct {
+		// Kernel and Initrd boot images pulled from a registry (they have
+		// none of their own): absolute paths of a vmlinux/bzImage and of
+		// banger's initramfs.
+		Kernel string `toml:"kernel"`
+		Initrd string `toml:"initrd"`
+	} `toml:"image"`
+
 	// FileSync copies host files into each new VM's /root after it boots
 	// ([[file_sync]] tables).
 	FileSync []SyncEntry `toml:"file_sync"`
@@ -172,6 +180,11 @@ func (c Config) Validate() error {
 			if _, err := netip.ParseAddrPort(u); err != nil {
 				return fmt.Errorf("network.dns_upstreams: %q is not an IP or IP:port", u)
 			}
+		}
+	}
+	for key, v := range map[string]string{"image.kernel": c.Image.Kernel, "image.initrd": c.Image.Initrd} {
+		if v != "" && !strings.HasPrefix(v, "/") {
+			return fmt.Errorf("%s = %q: want an absolute path", key, v)
 		}
 	}
 	for i, e := range c.FileSync {
