@@ -1,0 +1,19 @@
+// Package image keeps banger's managed images and builds them: a registry
+// image pulled, flattened and turned into an ext4 root filesystem (with
+// package oci), with banger's guest files injected. It holds no database
+// state; package vm records images in the store and runs pulls as
+// asynchronous operations.
+//
+// Files:
+//
+//	store.go   Store: one directory per image under the state dir's images/;
+//	           new images are staged in images/.staging-* and renamed into
+//	           place; deletes rename aside first; stale staging removed on start.
+//	pull.go    BuildFromOCI: pull (blob cache shared by all pulls, held
+//	           read-locked against a prune), flatten, inject, build ext4, as
+//	           named stages with byte progress; image.json metadata.
+//	inject.go  GuestFiles and Inject: what a pulled image gets so banger can
+//	           boot and reach it (sshd settings and per-VM host keys, volatile
+//	           journal, empty fstab and machine-id, systemd-networkd enabled);
+//	           files embedded from guest/.
+package image
