@@ -1,13 +1,17 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"banger/internal/api"
+	"banger/internal/image"
 )
 
 func (a *app) imageCmd() *cobra.Command {
@@ -98,7 +102,7 @@ func (a *app) imageCmd() *cobra.Command {
 			return a.call(cmd.Context(), api.MethodImageDelete, api.ImageRef{Name: args[0]}, nil)
 		},
 	}
-	c.AddCommand(register, a.addJSON(list), a.addJSON(show), del, a.imagePullCmd(), a.imagePromoteCmd(), a.imageCacheCmd())
+	c.AddCommand(register, a.addJSON(list), a.addJSON(show), del, a.imagePullCmd(), a.imagePromoteCmd(), a.imageCacheCmd(), a.imageBundleCmd())
 	return c
 }
 
@@ -182,4 +186,54 @@ func (a *app) imageCacheCmd() *cobra.Command {
 	prune.Flags().BoolVar(&p.DryRun, "dry-run", false, "only report what would be removed")
 	c.AddCommand(a.addJSON(prune))
 	return c
+}
+
+func (a *app) imageBundleCmd() *cobra.Command {
+	var out, desc string
+	c := &cobra.Command{
+		Use:   "bundle NAME -o FILE.tar.zst",
+		Short: "Write an image as a catalog bundle and print its name, sha256 and size",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if out == "" {
+				return errors.New("-o FILE is required (e.g. -o debian-bookworm.tar.zst)")
+			}
+			abs, err := filepath.Abs(out)
+			if err != nil {
+				return err
+			}
+			var im api.Image
+			if err := a.call(cmd.Context(), api.MethodImageShow, api.ImageRef{Name: args[0]}, &im); err != nil {
+				return err
+			}
+			seed := ""
+			if im.Managed && im.Dir != "" {
+				if st, err := os.Stat(filepath.Join(im.Dir, image.SeedDir)); err == nil && st.IsDir() {
+					seed = filepath.Join(im.Dir, image.SeedDir)
+				}
+			}
+			m := image.BundleManifest{Name: im.Name, Description: desc, ContentBytes: im.ContentBytes, CreatedAt: time.Now().UTC()}
+			sum, size, err := image.WriteBundle(cmd.Context(), abs, m, im.RootFS, seed)
+			if err != nil {
+				return err
+			}
+			r := bundleResult{Name: im.Name, File: abs, SHA256: sum, Size: size}
+			if a.json {
+				return a.printJSON(r)
+			}
+			fmt.Fprintf(a.stdout, "%s\t%s\t%d\n", r.Name, r.SHA256, r.Size)
+			return nil
+		},
+	}
+	c.Flags().StringVarP(&out, "output", "o", "", "bundle file to write (must not exist)")
+	c.Flags().StringVar(&desc, "description", "", "description recorded in the bundle")
+	return a.addJSON(c)
+}
+
+// bundleResult is what `image bundle` prints: what a catalog entry needs.
+type bundleResult struct {
+	Name   string `json:"name"`
+	File   string `json:"file"`
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
 }

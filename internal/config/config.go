@@ -66,6 +66,9 @@ type Config struct {
 		// banger's initramfs.
 		Kernel string `toml:"kernel"`
 		Initrd string `toml:"initrd"`
+		// CatalogURL replaces the image catalog compiled into banger
+		// (http:// or https:// URL of a catalog JSON).
+		CatalogURL string `toml:"catalog_url"`
 	} `toml:"image"`
 
 	// FileSync copies host files into each new VM's /root after it boots
@@ -186,6 +189,9 @@ func (c Config) Validate() error {
 		if v != "" && !strings.HasPrefix(v, "/") {
 			return fmt.Errorf("%s = %q: want an absolute path", key, v)
 		}
+	}
+	if u := c.Image.CatalogURL; u != "" && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+		return fmt.Errorf("image.catalog_url = %q: want an http:// or https:// URL", u)
 	}
 	for i, e := range c.FileSync {
 		switch {

@@ -16,4 +16,11 @@
 //	           boot and reach it (sshd settings and per-VM host keys, volatile
 //	           journal, empty fstab and machine-id, systemd-networkd enabled);
 //	           files embedded from guest/.
+//	catalog.go Catalog: bundles by name (name, description, url, sha256,
+//	           size); the image and kernel catalogs embedded from catalog/,
+//	           or fetched from a configured URL.
+//	bundle.go  bundles (.tar.zst of manifest.json, rootfs.ext4 and an
+//	           optional work-seed.tar): WriteBundle, Download (size and
+//	           sha256 checked before anything is opened), Unpack (only the
+//	           expected regular files; rootfs written sparse), ExtractSeed.
 package image

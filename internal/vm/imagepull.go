@@ -29,6 +29,9 @@ type imageState struct {
 	// Service.reserve. A busy name cannot be registered, pulled again or
 	// deleted.
 	busy map[string]bool
+	// bundlePulls maps an image name to the catalog pull making it, so a
+	// second pull of the name joins it; guarded by Service.reserve.
+	bundlePulls map[string]string
 	// blobs is read-locked by pulls while they read cached registry
 	// blobs, and write-locked by a cache prune.
 	blobs sync.RWMutex
@@ -90,6 +93,15 @@ func (s *Service) PullImage(ctx context.Context, p api.ImagePullParams) (api.Op,
 	if ref == "" {
 		return api.Op{}, invalid("image pull: give a registry reference, e.g. docker.io/library/debian:bookworm")
 	}
+	if isPlainName(ref) {
+		cat, err := s.imageCatalog(ctx)
+		if err != nil {
+			return api.Op{}, err
+		}
+		if e, ok := cat.Lookup(ref); ok {
+			return s.pullBundle(ctx, e, p)
+		}
+	}
 	if err := image.CheckRef(ref); err != nil {
 		return api.Op{}, invalid("%v", err)
 	}
@@ -124,10 +136,11 @@ func (s *Service) PullImage(ctx context.Context, p api.ImagePullParams) (api.Op,
 	}), nil
 }
 
-func (s *Service) runPull(ctx context.Context, name string, req image.OCIRequest, kernel, initrd string, report Reporter) (err error) {
-	st := newStages(name, s.Log, report)
-	is := s.imageStore()
-	staging, err := is.Stage()
+// inStaging runs build with a new staging directory of the image store
+// and removes the directory afterwards (a successful build has renamed it
+// into place with commitImage).
+func (s *Service) inStaging(name string, build func(staging string) error) (err error) {
+	staging, err := s.imageStore().Stage()
 	if err != nil {
 		return err
 	}
@@ -139,6 +152,16 @@ func (s *Service) runPull(ctx context.Context, name string, req image.OCIRequest
 			s.Log.Warn("image pull failed; nothing kept", "image", name, "err", err)
 		}
 	}()
+	return build(staging)
+}
+
+func (s *Service) runPull(ctx context.Context, name string, req image.OCIRequest, kernel, initrd string, report Reporter) error {
+	return s.inStaging(name, func(staging string) error {
+		return s.buildPull(ctx, staging, name, req, kernel, initrd, newStages(name, s.Log, report))
+	})
+}
+
+func (s *Service) buildPull(ctx context.Context, staging, name string, req image.OCIRequest, kernel, initrd string, st *stages) error {
 	res, err := image.BuildFromOCI(ctx, req, staging,
 		func(stage string, fn func() error) error { return st.run(ctx, stage, fn) },
 		func(done, total int64, detail string) { st.progress(image.StagePull, done, total, detail) })
@@ -162,6 +185,9 @@ func (s *Service) commitImage(staging string, im store.Image) error {
 		return err
 	}
 	im.Dir, im.RootFS = dir, filepath.Join(dir, image.RootFSFile)
+	if im.WorkSeed != "" {
+		im.WorkSeed = filepath.Join(dir, im.WorkSeed)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
 	if err := s.Store.InsertImage(ctx, im); err != nil {

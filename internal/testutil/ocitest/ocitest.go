@@ -25,30 +25,36 @@ import (
 
 // Registry is a running in-process registry.
 type Registry struct {
-	// Host is "127.0.0.1:PORT".
+	// Host is "127.0.0.1:PORT", where clients pull from.
 	Host string
+	// pushHost is where Push uploads: Host, or a host-side listener of the
+	// same registry when Host is in another network namespace.
+	pushHost string
 }
 
 // Start serves a registry on 127.0.0.1 until the test ends.
 func Start(t testing.TB) *Registry {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return StartOn(t, ln)
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
+	return &Registry{Host: host, pushHost: host}
 }
 
-// StartOn serves a registry on ln (e.g. a listener made inside a network
-// namespace) until the test ends.
+// StartOn serves one registry on ln (e.g. a 127.0.0.1 listener made inside
+// a network namespace: Host) and on the test's own 127.0.0.1 (for Push)
+// until the test ends.
 func StartOn(t testing.TB, ln net.Listener) *Registry {
 	t.Helper()
-	srv := httptest.NewUnstartedServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	pushSrv := httptest.NewServer(h)
+	t.Cleanup(pushSrv.Close)
+	srv := httptest.NewUnstartedServer(h)
 	srv.Listener.Close()
 	srv.Listener = ln
 	srv.Start()
 	t.Cleanup(srv.Close)
-	return &Registry{Host: strings.TrimPrefix(srv.URL, "http://")}
+	return &Registry{Host: strings.TrimPrefix(srv.URL, "http://"), pushHost: strings.TrimPrefix(pushSrv.URL, "http://")}
 }
 
 // Entry is one tar entry of a test layer.
@@ -114,8 +120,8 @@ func BytesLayer(t testing.TB, tarData []byte) v1.Layer {
 	return Layer(t, func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(tarData)), nil })
 }
 
-// Push uploads a linux/amd64 image made of layers (base first) as
-// HOST/repo and returns the reference.
+// Push uploads a linux/amd64 image made of layers (base first) as repo
+// and returns its reference on Host.
 func (r *Registry) Push(t testing.TB, repo string, layers ...v1.Layer) string {
 	t.Helper()
 	img, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{OS: "linux", Architecture: "amd64",
@@ -126,13 +132,12 @@ func (r *Registry) Push(t testing.TB, repo string, layers ...v1.Layer) string {
 	if img, err = mutate.AppendLayers(img, layers...); err != nil {
 		t.Fatal(err)
 	}
-	ref := r.Host + "/" + repo
-	tag, err := name.ParseReference(ref)
+	tag, err := name.ParseReference(r.pushHost + "/" + repo)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := remote.Write(tag, img); err != nil {
-		t.Fatalf("push %s: %v", ref, err)
+		t.Fatalf("push %s: %v", tag, err)
 	}
-	return ref
+	return r.Host + "/" + repo
 }
