@@ -314,3 +314,40 @@ func TestPromoteImage(t *testing.T) {
 		t.Errorf("delete of the promoted image removed the original file: %v", err)
 	}
 }
+
+// A cache prune never removes blobs under a running pull: it is refused
+// while a pull reads the cache, and works once the pull is gone.
+func TestPruneRefusedDuringPull(t *testing.T) {
+	needE2fsprogs(t)
+	s := newTestService(t)
+	withPullKernel(t, s)
+	reg := ocitest.Start(t)
+	ref := reg.Push(t, "bangertest/prune:1", ocitest.BytesLayer(t, ocitest.Tar(t, ocitest.Dir("etc", 0o755))))
+	t.Setenv(testHoldEnv, image.StageFlatten)
+	ctx := context.Background()
+	op, err := s.PullImage(ctx, api.ImagePullParams{Ref: ref})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan struct{})
+	go s.OpWait(ctx, op.ID, func(st api.Stage) {
+		if st.Detail == HeldDetail {
+			close(held)
+		}
+	})
+	select {
+	case <-held:
+	case <-time.After(time.Minute):
+		t.Fatal("the pull never reached the held stage")
+	}
+	_, err = s.PruneImageCache(ctx, api.ImageCachePruneParams{})
+	wantCode(t, err, rpc.CodeFailedPrecondition, "pull is using the blob cache")
+	s.OpCancel(op.ID)
+	if final, _ := waitOp(t, s, op); final.State != api.OpCanceled {
+		t.Fatalf("pull ended %s", final.State)
+	}
+	r, err := s.PruneImageCache(ctx, api.ImageCachePruneParams{})
+	if err != nil || r.Files == 0 {
+		t.Fatalf("prune after the pull: %+v %v", r, err)
+	}
+}
