@@ -15,7 +15,8 @@
 //	inject.go  GuestFiles and Inject: what a pulled image gets so banger can
 //	           boot and reach it (sshd settings and per-VM host keys, volatile
 //	           journal, empty fstab and machine-id, systemd-networkd enabled);
-//	           files embedded from guest/.
+//	           files embedded from guest/. SeedFromTree: the image's /root
+//	           kept as its work seed (the work disk mounted on /root hides it).
 //	catalog.go Catalog: bundles by name (name, description, url, sha256,
 //	           size); the image and kernel catalogs embedded from catalog/,
 //	           or fetched from a configured URL.

@@ -228,3 +228,56 @@ func inode(fi fs.FileInfo) (uint64, bool) {
 	}
 	return st.Ino, true
 }
+
+// seedMax bounds the work seed taken from an image's /root: it is copied
+// into every new work disk.
+const seedMax = 256 << 20
+
+// SeedFromTree copies the image's /root (directories and regular files,
+// with their modes from the manifest) to seedDir, because the work disk
+// mounted on /root would hide it: it becomes each new VM's starting /root.
+// It reports false, creating nothing, when the image has no /root
+// directory, or why it skipped a larger one.
+func SeedFromTree(tree string, m *oci.Manifest, seedDir string) (bool, string, error) {
+	src := filepath.Join(tree, "root")
+	if fi, err := os.Lstat(src); err != nil || !fi.IsDir() {
+		return false, "", nil
+	}
+	if n, err := ContentBytes(src); err != nil {
+		return false, "", err
+	} else if n > seedMax {
+		return false, fmt.Sprintf("/root holds %d MiB, more than the %d MiB a work seed may; new VMs start with an empty /root", n>>20, seedMax>>20), nil
+	}
+	perm := make(map[string]os.FileMode, len(m.Entries))
+	for _, e := range m.Entries {
+		perm[e.Path] = os.FileMode(e.Mode & 0o777)
+	}
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		dst := filepath.Join(seedDir, rel)
+		key := "/root"
+		if rel != "." {
+			key += "/" + filepath.ToSlash(rel)
+		}
+		mode := perm[key]
+		switch {
+		case d.IsDir():
+			return os.Mkdir(dst, mode|0o700)
+		case d.Type().IsRegular():
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(dst, b, mode|0o400)
+		}
+		return nil // symlinks, FIFOs: not carried into work disks
+	})
+	if err != nil {
+		os.RemoveAll(seedDir)
+		return false, "", err
+	}
+	return true, "", nil
+}

@@ -48,7 +48,9 @@ type OCIResult struct {
 	Downloaded   int64  // blob bytes fetched (0 when all were cached)
 	ContentBytes int64  // file content in the root filesystem
 	SizeBytes    int64  // size of rootfs.ext4
-	Notes        []string
+	// WorkSeed says the image's /root was kept as staging/work-seed.
+	WorkSeed bool
+	Notes    []string
 }
 
 // Meta is what image.json in a managed image directory records.
@@ -116,6 +118,14 @@ func BuildFromOCI(ctx context.Context, req OCIRequest, staging string, run Stage
 		if err := Inject(tree, m, files); err != nil {
 			return err
 		}
+		seeded, why, err := SeedFromTree(tree, m, filepath.Join(staging, SeedDir))
+		if err != nil {
+			return fmt.Errorf("work seed from /root: %w", err)
+		}
+		if why != "" {
+			res.Notes = append(res.Notes, why)
+		}
+		res.WorkSeed = seeded
 		res.ContentBytes, err = ContentBytes(tree)
 		return err
 	}); err != nil {

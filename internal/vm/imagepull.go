@@ -169,9 +169,13 @@ func (s *Service) buildPull(ctx context.Context, staging, name string, req image
 		return err
 	}
 	return st.run(ctx, StageRegister, func() error {
-		return s.commitImage(staging, store.Image{Name: name, Kernel: kernel, Initrd: initrd, Managed: true,
+		im := store.Image{Name: name, Kernel: kernel, Initrd: initrd, Managed: true,
 			SizeBytes: res.SizeBytes, CreatedAt: nowUTC(), Source: store.SourceOCI, Ref: req.Ref, Digest: res.Digest,
-			ContentBytes: res.ContentBytes})
+			ContentBytes: res.ContentBytes}
+		if res.WorkSeed {
+			im.WorkSeed = image.SeedDir // made absolute by commitImage
+		}
+		return s.commitImage(staging, im)
 	})
 }
 

@@ -83,7 +83,8 @@ func TestPullImage(t *testing.T) {
 	ref := reg.Push(t, "bangertest/tool:v1",
 		ocitest.BytesLayer(t, ocitest.Tar(t, ocitest.Dir("etc", 0o755), ocitest.File("etc/gone", 0o644, "x"),
 			ocitest.Dir("etc/ssh", 0o755), ocitest.File("etc/ssh/ssh_host_rsa_key", 0o600, "baked key"),
-			ocitest.Dir("usr", 0o755), ocitest.File("usr/payload", 0o644, strings.Repeat("p", 100000)))),
+			ocitest.Dir("usr", 0o755), ocitest.File("usr/payload", 0o644, strings.Repeat("p", 100000)),
+			ocitest.Dir("root", 0o700), ocitest.File("root/.bashrc", 0o644, "# image dotfile\n"))),
 		ocitest.BytesLayer(t, ocitest.Tar(t, ocitest.File("etc/.wh.gone", 0, ""),
 			ocitest.Entry{Name: "usr/su", Mode: 0o4755, Body: "setuid"})))
 	ctx := context.Background()
@@ -125,6 +126,13 @@ func TestPullImage(t *testing.T) {
 	}
 	if im.ContentBytes < 100000 || im.SizeBytes < im.ContentBytes {
 		t.Errorf("content %d bytes, image %d bytes", im.ContentBytes, im.SizeBytes)
+	}
+	row, _ := s.Store.GetImage(ctx, "tool-v1")
+	if row.WorkSeed != filepath.Join(dir, image.SeedDir) {
+		t.Errorf("work seed %q, want the image's /root in %s", row.WorkSeed, image.SeedDir)
+	}
+	if fi, err := os.Stat(filepath.Join(row.WorkSeed, ".bashrc")); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Errorf("work seed .bashrc: %v %v", fi, err)
 	}
 	if got := debugfsCat(t, im.RootFS, "/etc/fstab"); !strings.Contains(got, "banger") {
 		t.Errorf("/etc/fstab not injected: %q", got)

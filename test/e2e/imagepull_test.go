@@ -142,13 +142,14 @@ func TestImagePull(t *testing.T) {
 	e.must("vm", "create", "--name", "pulled", "--image", "bangertest-pulled")
 	check := "for f in /etc/motd /opt/bangertest/gone.txt /opt/bangertest/opq/old.txt; do test -e $f && echo present $f; done; " +
 		"cat /opt/bangertest/opq/new.txt; echo; " +
-		"stat -c '%n %a %u %g' /usr/local/bin/bangertest-suid /etc/bangertest-secret /opt/bangertest/owned /etc/shadow /usr/bin/passwd"
+		"stat -c '%n %a %u %g' /usr/local/bin/bangertest-suid /etc/bangertest-secret /opt/bangertest/owned /etc/shadow /usr/bin/passwd /root/.bashrc"
 	got := e.ssh("pulled", "sh", "-c", check)
 	want := "after the opaque marker\n" +
 		"/usr/local/bin/bangertest-suid 4755 0 0\n" +
 		"/etc/bangertest-secret 640 0 0\n" +
 		"/opt/bangertest/owned 600 1234 5678\n" +
-		attrLine("/etc/shadow", attrs) + attrLine("/usr/bin/passwd", attrs)
+		attrLine("/etc/shadow", attrs) + attrLine("/usr/bin/passwd", attrs) +
+		"/root/.bashrc 644 0 0\n" // the image's /root is the work seed of new VMs
 	if got != want {
 		t.Errorf("in the guest:\n%s\nwant:\n%s", got, want)
 	}
