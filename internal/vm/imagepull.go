@@ -270,6 +270,38 @@ func (s *Service) PromoteImage(ctx context.Context, name string) (_ api.Image, e
 	return s.ShowImage(ctx, name)
 }
 
+// reconcileImages removes what image operations interrupted by a daemon
+// exit left in the store: staging directories, and an image directory
+// renamed into place whose row was never inserted. It runs before any
+// operation can.
+func (s *Service) reconcileImages(ctx context.Context) {
+	is := s.imageStore()
+	if err := is.CleanStale(); err != nil {
+		s.Log.Warn("removing interrupted image staging directories", "err", err)
+	}
+	ims, err := s.Store.ListImages(ctx)
+	if err != nil {
+		s.Log.Warn("listing images", "err", err)
+		return
+	}
+	known := map[string]bool{}
+	for _, im := range ims {
+		if im.Managed {
+			known[filepath.Base(im.Dir)] = true
+		}
+	}
+	left, err := is.Leftovers(known)
+	if err != nil {
+		s.Log.Warn("reading the image store", "err", err)
+	}
+	for _, name := range left {
+		s.Log.Warn("removing an image directory without an image (an interrupted pull)", "dir", is.Path(name))
+		if err := is.Remove(name); err != nil {
+			s.Log.Warn("removing an orphaned image directory", "dir", is.Path(name), "err", err)
+		}
+	}
+}
+
 // PruneImageCache removes the cached registry blobs (images already
 // pulled do not need them). It is refused while a pull reads the cache.
 func (s *Service) PruneImageCache(ctx context.Context, p api.ImageCachePruneParams) (api.ImageCachePruneResult, error) {

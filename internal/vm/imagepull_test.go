@@ -359,3 +359,26 @@ func TestPruneRefusedDuringPull(t *testing.T) {
 		t.Fatalf("prune after the pull: %+v %v", r, err)
 	}
 }
+
+// Reconcile removes what an interrupted pull left: staging directories and
+// an image directory without a row; a managed image's directory stays.
+func TestReconcileImageStore(t *testing.T) {
+	s := newTestService(t)
+	ctx := context.Background()
+	if _, err := s.PromoteImage(ctx, testImage); err != nil {
+		t.Fatal(err)
+	}
+	is := s.imageStore()
+	st, _ := is.Stage()
+	os.WriteFile(filepath.Join(st, image.RootFSFile), []byte("half"), 0o600)
+	orphan, _ := is.Stage()
+	if _, err := is.Commit(orphan, "bangertest-orphan"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := imagesDirEntries(t, s); strings.Join(got, ",") != testImage {
+		t.Errorf("after reconcile the store holds %v, want only %s", got, testImage)
+	}
+}

@@ -86,11 +86,7 @@ func (s *Service) Prune(ctx context.Context) (api.VMPruneResult, error) {
 // VMMs are adopted (after verifying the pid is still the process we
 // started), dead ones are cleaned up, and interrupted creates are rolled back.
 func (s *Service) Reconcile(ctx context.Context) error {
-	// Image pulls and promotes interrupted by a daemon exit left only
-	// staging directories (their rows are inserted last).
-	if err := s.imageStore().CleanStale(); err != nil {
-		s.Log.Warn("removing interrupted image staging directories", "err", err)
-	}
+	s.reconcileImages(ctx)
 	vms, err := s.Store.ListVMs(ctx)
 	if err != nil {
 		return err
