@@ -52,6 +52,29 @@ func waitOp(t *testing.T, s *Service, op api.Op) (api.Op, []api.Stage) {
 	return final, events
 }
 
+// waitHeld waits (bounded) until op reports its stage held for the test
+// (BANGER_TEST_HOLD_STAGE).
+func waitHeld(t *testing.T, s *Service, op api.Op) {
+	t.Helper()
+	held := make(chan struct{})
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		once := false
+		s.OpWait(ctx, op.ID, func(st api.Stage) {
+			if st.Detail == HeldDetail && !once {
+				once = true
+				close(held)
+			}
+		})
+	}()
+	select {
+	case <-held:
+	case <-time.After(time.Minute):
+		t.Fatal("the pull never reached the held stage")
+	}
+}
+
 // imagesDirEntries lists the managed store directory.
 func imagesDirEntries(t *testing.T, s *Service) []string {
 	t.Helper()
@@ -224,23 +247,7 @@ func TestPullImageFailureLeavesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	held := make(chan struct{})
-	go func() {
-		wctx, cancel := context.WithTimeout(ctx, time.Minute)
-		defer cancel()
-		once := false
-		s.OpWait(wctx, op.ID, func(st api.Stage) {
-			if st.Detail == HeldDetail && !once {
-				once = true
-				close(held)
-			}
-		})
-	}()
-	select {
-	case <-held:
-	case <-time.After(time.Minute):
-		t.Fatal("the pull never reached the held stage")
-	}
+	waitHeld(t, s, op)
 	if staged := imagesDirEntries(t, s); len(staged) != 1 || !strings.HasPrefix(staged[0], ".staging-") {
 		t.Fatalf("while held the store holds %v, want one staging directory", staged)
 	}
@@ -337,17 +344,7 @@ func TestPruneRefusedDuringPull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	held := make(chan struct{})
-	go s.OpWait(ctx, op.ID, func(st api.Stage) {
-		if st.Detail == HeldDetail {
-			close(held)
-		}
-	})
-	select {
-	case <-held:
-	case <-time.After(time.Minute):
-		t.Fatal("the pull never reached the held stage")
-	}
+	waitHeld(t, s, op)
 	_, err = s.PruneImageCache(ctx, api.ImageCachePruneParams{})
 	wantCode(t, err, rpc.CodeFailedPrecondition, "pull is using the blob cache")
 	s.OpCancel(op.ID)
