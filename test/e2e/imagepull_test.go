@@ -4,16 +4,20 @@ import (
 	"archive/tar"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -70,9 +74,7 @@ func attrLine(p string, attrs map[string]ocitest.Attr) string {
 // Hostile layers are refused naming the entry and leave nothing.
 func TestImagePull(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envOpts{config: fmt.Sprintf("[image]\nkernel = %q\ninitrd = %q\n",
-		filepath.Join(guestDir, "vmlinuz"), filepath.Join(guestDir, "initrd.img"))})
-	reg := ocitest.StartOn(t, e.listenInNS())
+	e, reg := pullEnv(t)
 	// A catalog server in the namespace; its files are added below.
 	var catMu sync.Mutex
 	catFiles := map[string][]byte{"/catalog.json": []byte(`{"entries": []}`)}
@@ -224,5 +226,60 @@ func TestImagePull(t *testing.T) {
 	e.must("image", "delete", "bangertest-pulled")
 	if _, err := os.Stat(im.Dir); !os.IsNotExist(err) {
 		t.Errorf("image delete left %s: %v", im.Dir, err)
+	}
+}
+
+// pullEnv is a scenario whose daemon can pull images (a kernel from the
+// fixture) from a registry in its namespace.
+func pullEnv(t *testing.T, vars ...string) (*env, *ocitest.Registry) {
+	e := newEnv(t, envOpts{vars: vars, config: fmt.Sprintf("[image]\nkernel = %q\ninitrd = %q\n",
+		filepath.Join(guestDir, "vmlinuz"), filepath.Join(guestDir, "initrd.img"))})
+	return e, ocitest.StartOn(t, e.listenInNS())
+}
+
+// TestImagePullCtrlC interrupts `banger image pull` once its ext4 is built
+// in staging (the daemon holds the stage): the CLI cancels, and no image
+// row or file remains.
+func TestImagePullCtrlC(t *testing.T) {
+	t.Parallel()
+	e, reg := pullEnv(t, "BANGER_TEST_HOLD_STAGE=build ext4")
+	ref := reg.Push(t, "bangertest/small:1", ocitest.BytesLayer(t, ocitest.Tar(t, ocitest.Dir("etc", 0o755),
+		ocitest.File("etc/os-release", 0o644, "ID=bangertest\n"))))
+	cmd := e.cmd("image", "pull", ref, "--name", "bangertest-interrupted")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan string, 1)
+	go func() { b, _ := io.ReadAll(stderr); out <- string(b) }()
+	imagesDir := filepath.Join(e.stateDir(), "images")
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		built, _ := filepath.Glob(filepath.Join(imagesDir, ".staging-*", "rootfs.ext4"))
+		if len(built) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("no staged rootfs.ext4 after 2 minutes:\n%s", <-out)
+		}
+		time.Sleep(50 * time.Millisecond) // polling the daemon's staging directory
+	}
+	syscall.Kill(cliPID(t, cmd.Process.Pid), syscall.SIGINT)
+	text := <-out
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if !(errorAs(err, &ee) && ee.ExitCode() == 130) {
+		t.Fatalf("CLI after Ctrl-C: %v (want exit 130)\n%s", err, text)
+	}
+	assertContains(t, "CLI output", text, "nothing was left behind")
+	if out := e.must("image", "list", "--json"); strings.TrimSpace(out) != "[]" && strings.TrimSpace(out) != "null" {
+		t.Errorf("Ctrl-C left images: %s", out)
+	}
+	if ents, _ := os.ReadDir(imagesDir); len(ents) != 0 {
+		t.Errorf("Ctrl-C left files in %s: %v", imagesDir, ents)
 	}
 }
