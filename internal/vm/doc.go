@@ -30,7 +30,10 @@
 //	is taken alone, never with the locks above; prune only try-locks it.
 //
 // Service.reserve also guards images.busy, the names of images being pulled
-// or promoted: a busy name cannot be registered, pulled or deleted.
+// or promoted (a busy name cannot be registered, pulled or deleted), and
+// images.bundlePulls. A catalog pull begins its operation while holding
+// Service.reserve (so a second pull of the name finds it), which takes the
+// operation table's own lock: Service.reserve → opTable.mu, never reversed.
 //
 // A goroutine holds at most one vmLock at a time. A vmLock is a one-slot
 // semaphore so an RPC waiting for it gives up when its client goes away. A
