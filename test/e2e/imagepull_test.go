@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
 
 	"banger/internal/api"
@@ -163,17 +164,26 @@ func TestImagePull(t *testing.T) {
 
 	// Hostile layers: refused through the daemon, naming the entry; no row
 	// and no files remain.
-	for kind, ent := range map[string]ocitest.Entry{
-		"dotdot":   ocitest.File("../bangertest-evil", 0o644, "x"),
-		"symlink":  ocitest.Symlink("bangertest-up", "../../outside"),
-		"hardlink": {Name: "bangertest-hard", Type: tar.TypeLink, Mode: 0o644, Link: "../../etc/passwd"},
-		"through":  ocitest.File("bangertest-abs/../../x", 0o644, "x"),
+	climb := []ocitest.Entry{ocitest.Symlink("s", "/"), ocitest.Symlink("up", "s/..")} // "up" resolves above the root
+	for _, c := range []struct {
+		kind   string
+		layers [][]ocitest.Entry
+		entry  string // the entry the refusal must name
+	}{
+		{"dotdot", [][]ocitest.Entry{{ocitest.File("../bangertest-evil", 0o644, "x")}}, "../bangertest-evil"},
+		{"symlink", [][]ocitest.Entry{{ocitest.Symlink("bangertest-up", "../../outside")}}, "bangertest-up"},
+		{"hardlink", [][]ocitest.Entry{{{Name: "bangertest-hard", Type: tar.TypeLink, Mode: 0o644, Link: "../../etc/passwd"}}}, "bangertest-hard"},
+		{"through-symlink", [][]ocitest.Entry{climb, {ocitest.File("up/bangertest-outside/x", 0o644, "x")}}, "up/bangertest-outside/x"},
+		{"whiteout-through-symlink", [][]ocitest.Entry{climb, {ocitest.File("up/.wh.bangertest-outside", 0, "")}}, "up/.wh.bangertest-outside"},
 	} {
-		ref := reg.Push(t, "bangertest/hostile-"+kind+":1",
-			ocitest.BytesLayer(t, ocitest.Tar(t, ocitest.Dir("etc", 0o755))), ocitest.BytesLayer(t, ocitest.Tar(t, ent)))
-		r := e.run("image", "pull", ref, "--name", "bangertest-"+kind)
-		if r.code == 0 || !strings.Contains(r.stderr, ent.Name) {
-			t.Errorf("hostile %s: exit %d, stderr %q; want a refusal naming %q", kind, r.code, r.stderr, ent.Name)
+		layers := []v1.Layer{ocitest.BytesLayer(t, ocitest.Tar(t, ocitest.Dir("etc", 0o755)))}
+		for _, l := range c.layers {
+			layers = append(layers, ocitest.BytesLayer(t, ocitest.Tar(t, l...)))
+		}
+		ref := reg.Push(t, "bangertest/hostile-"+c.kind+":1", layers...)
+		r := e.run("image", "pull", ref, "--name", "bangertest-"+c.kind)
+		if r.code == 0 || !strings.Contains(r.stderr, c.entry) {
+			t.Errorf("hostile %s: exit %d, stderr %q; want a refusal naming %q", c.kind, r.code, r.stderr, c.entry)
 		}
 	}
 	var ims []api.Image
