@@ -7,6 +7,15 @@ const (
 	MethodImageList     = "image.list"
 	MethodImageShow     = "image.show"
 	MethodImageDelete   = "image.delete"
+	// MethodImagePull begins an asynchronous pull (ImagePullParams) and
+	// returns its Op; follow it with op.wait like vm.create.
+	MethodImagePull = "image.pull"
+	// MethodImagePromote copies a registered image's files into banger's
+	// store (ImageRef) and returns the Image.
+	MethodImagePromote = "image.promote"
+	// MethodImageCachePrune removes cached registry blobs
+	// (ImageCachePruneParams) and returns an ImageCachePruneResult.
+	MethodImageCachePrune = "image.cache_prune"
 )
 
 // Image is a bootable root filesystem with the kernel that boots it.
@@ -23,6 +32,47 @@ type Image struct {
 	CreatedAt time.Time `json:"created_at"`
 	// UsedBy lists the VMs created from this image.
 	UsedBy []string `json:"used_by,omitempty"`
+	// Source: "registered" (host files), "oci" (pulled from a registry),
+	// "catalog" (a catalog bundle) or "promoted" (registered, then copied
+	// into the store).
+	Source string `json:"source"`
+	// Ref is the registry reference or catalog name pulled; Digest the
+	// manifest digest or bundle sha256.
+	Ref    string `json:"ref,omitempty"`
+	Digest string `json:"digest,omitempty"`
+	// Dir is the image's directory in banger's store (managed images).
+	Dir string `json:"dir,omitempty"`
+	// ContentBytes is the file content of the root filesystem (SizeBytes
+	// is the size of the ext4 image holding it).
+	ContentBytes int64 `json:"content_bytes,omitempty"`
+}
+
+// ImagePullParams pulls an image from a registry into banger's store.
+type ImagePullParams struct {
+	// Ref is a registry reference, e.g. "docker.io/library/debian:bookworm"
+	// or "127.0.0.1:5000/test:1".
+	Ref string `json:"ref"`
+	// Name of the new image; default derived from Ref
+	// (docker.io/library/debian:bookworm -> debian-bookworm).
+	Name string `json:"name,omitempty"`
+	// Size of the root filesystem, e.g. "4GiB" or "512M"; default sized
+	// from the content.
+	Size string `json:"size,omitempty"`
+	// Insecure allows plain HTTP to a registry that is not local.
+	Insecure bool `json:"insecure,omitempty"`
+}
+
+// ImageCachePruneParams removes cached registry blobs.
+type ImageCachePruneParams struct {
+	// DryRun reports what would be removed without removing it.
+	DryRun bool `json:"dry_run,omitempty"`
+}
+
+// ImageCachePruneResult says what a prune removed (or would remove).
+type ImageCachePruneResult struct {
+	Files  int   `json:"files"`
+	Bytes  int64 `json:"bytes"`
+	DryRun bool  `json:"dry_run"`
 }
 
 // ImageRegisterParams registers host files as an image (unmanaged: banger

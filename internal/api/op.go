@@ -19,11 +19,13 @@ const (
 	OpCanceled  = "canceled"
 )
 
-// Op is an asynchronous operation (vm create).
+// Op is an asynchronous operation (vm create, image pull).
 type Op struct {
-	ID    string `json:"id"`
-	Kind  string `json:"kind"` // "vm.create"
-	VM    string `json:"vm"`
+	ID   string `json:"id"`
+	Kind string `json:"kind"` // "vm.create" or "image.pull"
+	VM   string `json:"vm"`
+	// Image is the image an image.pull makes.
+	Image string `json:"image,omitempty"`
 	State string `json:"state"`
 	// Stage is the stage in progress (while running).
 	Stage  string  `json:"stage,omitempty"`
@@ -41,6 +43,10 @@ type Stage struct {
 	State      string  `json:"state"`
 	DurationMS float64 `json:"duration_ms"`
 	Detail     string  `json:"detail,omitempty"`
+	// Bytes and Total count the running stage's progress (downloads),
+	// when it has any; a stage may report "running" many times.
+	Bytes int64 `json:"bytes,omitempty"`
+	Total int64 `json:"total,omitempty"`
 }
 
 // OpRef names one operation.

@@ -1,13 +1,17 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"banger/internal/api"
+	"banger/internal/image"
 )
 
 func (a *app) imageCmd() *cobra.Command {
@@ -51,9 +55,9 @@ func (a *app) imageCmd() *cobra.Command {
 				return a.printJSON(ims)
 			}
 			t := newTable(a.stdout)
-			t.row("NAME", "SIZE", "MANAGED", "USED BY", "CREATED")
+			t.row("NAME", "SOURCE", "SIZE", "MANAGED", "USED BY", "CREATED")
 			for _, im := range ims {
-				t.row(im.Name, humanBytes(im.SizeBytes), fmt.Sprint(im.Managed), strings.Join(im.UsedBy, ","), ago(im.CreatedAt))
+				t.row(im.Name, im.Source, humanBytes(im.SizeBytes), fmt.Sprint(im.Managed), strings.Join(im.UsedBy, ","), ago(im.CreatedAt))
 			}
 			return t.flush()
 		},
@@ -75,6 +79,19 @@ func (a *app) imageCmd() *cobra.Command {
 			t.row("initrd", im.Initrd)
 			t.row("size", humanBytes(im.SizeBytes))
 			t.row("managed", fmt.Sprint(im.Managed))
+			t.row("source", im.Source)
+			if im.Ref != "" {
+				t.row("ref", im.Ref)
+			}
+			if im.Digest != "" {
+				t.row("digest", im.Digest)
+			}
+			if im.Dir != "" {
+				t.row("dir", im.Dir)
+			}
+			if im.ContentBytes > 0 {
+				t.row("content", humanBytes(im.ContentBytes))
+			}
 			t.row("used by", strings.Join(im.UsedBy, ", "))
 			return t.flush()
 		},
@@ -85,6 +102,138 @@ func (a *app) imageCmd() *cobra.Command {
 			return a.call(cmd.Context(), api.MethodImageDelete, api.ImageRef{Name: args[0]}, nil)
 		},
 	}
-	c.AddCommand(register, a.addJSON(list), a.addJSON(show), del)
+	c.AddCommand(register, a.addJSON(list), a.addJSON(show), del, a.imagePullCmd(), a.imagePromoteCmd(), a.imageCacheCmd(), a.imageBundleCmd())
 	return c
+}
+
+func (a *app) imagePullCmd() *cobra.Command {
+	var p api.ImagePullParams
+	c := &cobra.Command{
+		Use:   "pull REF [--name NAME] [--size 4GiB|512M]",
+		Short: "Pull an image from a registry into banger's store (e.g. docker.io/library/debian:bookworm)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p.Ref = args[0]
+			ctx := cmd.Context()
+			cl, err := a.connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			var op api.Op
+			if err := cl.Call(ctx, api.MethodImagePull, p, &op); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stderr, "pulling %s as image %s\n", p.Ref, op.Image)
+			if _, err := a.follow(ctx, cl, op, "pull of "+op.Image); err != nil {
+				return err
+			}
+			var im api.Image
+			if err := cl.Call(ctx, api.MethodImageShow, api.ImageRef{Name: op.Image}, &im); err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(im)
+			}
+			fmt.Fprintf(a.stdout, "%s\t%s\t%s (content %s)\n", im.Name, im.Digest, humanBytes(im.SizeBytes), humanBytes(im.ContentBytes))
+			return nil
+		},
+	}
+	c.Flags().StringVar(&p.Name, "name", "", "image name (default: from the reference, e.g. debian-bookworm)")
+	c.Flags().StringVar(&p.Size, "size", "", "root filesystem size, e.g. 4GiB or 512M (default: from the content)")
+	c.Flags().BoolVar(&p.Insecure, "insecure", false, "allow plain HTTP to a registry that is not local")
+	return a.addJSON(c)
+}
+
+func (a *app) imagePromoteCmd() *cobra.Command {
+	return a.addJSON(&cobra.Command{
+		Use: "promote NAME", Short: "Copy a registered image's files into banger's store", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var im api.Image
+			if err := a.call(cmd.Context(), api.MethodImagePromote, api.ImageRef{Name: args[0]}, &im); err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(im)
+			}
+			fmt.Fprintf(a.stdout, "%s\t%s\n", im.Name, im.Dir)
+			return nil
+		},
+	})
+}
+
+func (a *app) imageCacheCmd() *cobra.Command {
+	c := &cobra.Command{Use: "cache", Short: "Manage the cache of registry layers"}
+	var p api.ImageCachePruneParams
+	prune := &cobra.Command{
+		Use: "prune [--dry-run]", Short: "Remove cached registry layers (pulled images keep working)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var r api.ImageCachePruneResult
+			if err := a.call(cmd.Context(), api.MethodImageCachePrune, p, &r); err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(r)
+			}
+			verb := "freed"
+			if r.DryRun {
+				verb = "would free"
+			}
+			fmt.Fprintf(a.stdout, "%d files, %s %s\n", r.Files, humanBytes(r.Bytes), verb)
+			return nil
+		},
+	}
+	prune.Flags().BoolVar(&p.DryRun, "dry-run", false, "only report what would be removed")
+	c.AddCommand(a.addJSON(prune))
+	return c
+}
+
+func (a *app) imageBundleCmd() *cobra.Command {
+	var out, desc string
+	c := &cobra.Command{
+		Use:   "bundle NAME -o FILE.tar.zst",
+		Short: "Write an image as a catalog bundle and print its name, sha256 and size",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if out == "" {
+				return errors.New("-o FILE is required (e.g. -o debian-bookworm.tar.zst)")
+			}
+			abs, err := filepath.Abs(out)
+			if err != nil {
+				return err
+			}
+			var im api.Image
+			if err := a.call(cmd.Context(), api.MethodImageShow, api.ImageRef{Name: args[0]}, &im); err != nil {
+				return err
+			}
+			seed := ""
+			if im.Managed && im.Dir != "" {
+				if st, err := os.Stat(filepath.Join(im.Dir, image.SeedDir)); err == nil && st.IsDir() {
+					seed = filepath.Join(im.Dir, image.SeedDir)
+				}
+			}
+			m := image.BundleManifest{Name: im.Name, Description: desc, ContentBytes: im.ContentBytes, CreatedAt: time.Now().UTC()}
+			sum, size, err := image.WriteBundle(cmd.Context(), abs, m, im.RootFS, seed)
+			if err != nil {
+				return err
+			}
+			r := bundleResult{Name: im.Name, File: abs, SHA256: sum, Size: size}
+			if a.json {
+				return a.printJSON(r)
+			}
+			fmt.Fprintf(a.stdout, "%s\t%s\t%d\n", r.Name, r.SHA256, r.Size)
+			return nil
+		},
+	}
+	c.Flags().StringVarP(&out, "output", "o", "", "bundle file to write (must not exist)")
+	c.Flags().StringVar(&desc, "description", "", "description recorded in the bundle")
+	return a.addJSON(c)
+}
+
+// bundleResult is what `image bundle` prints: what a catalog entry needs.
+type bundleResult struct {
+	Name   string `json:"name"`
+	File   string `json:"file"`
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
 }

@@ -20,9 +20,11 @@ type progress struct {
 	stop chan struct{}
 	done chan struct{}
 
-	mu      sync.Mutex // guards current, since and writes to w (the ticker draws too)
+	mu      sync.Mutex // guards current, since, bytes and writes to w (the ticker draws too)
 	current string
 	since   time.Time
+	bytes   string // byte progress of the running stage, e.g. " 12.0 MiB / 40.0 MiB layer 1/3 ..."
+	printed string // non-TTY: the running stage last printed (repeats carry only progress)
 }
 
 func newProgress(w io.Writer) *progress {
@@ -47,7 +49,7 @@ func (p *progress) tick() {
 		case <-t.C:
 			p.mu.Lock()
 			if p.current != "" {
-				fmt.Fprintf(p.w, "\r\033[K  … %s (%.1fs)", p.current, time.Since(p.since).Seconds())
+				fmt.Fprintf(p.w, "\r\033[K  … %s (%.1fs)%s", p.current, time.Since(p.since).Seconds(), p.bytes)
 			}
 			p.mu.Unlock()
 		}
@@ -58,6 +60,10 @@ func (p *progress) stage(st api.Stage) {
 	if !p.tty {
 		switch st.State {
 		case "running":
+			if p.printed == st.Name {
+				return // progress of a stage already shown: one line per stage
+			}
+			p.printed = st.Name
 			fmt.Fprintf(p.w, "%s ...\n", st.Name)
 		case "skipped":
 			fmt.Fprintf(p.w, "%s skipped (%s)\n", st.Name, st.Detail)
@@ -70,8 +76,11 @@ func (p *progress) stage(st api.Stage) {
 	defer p.mu.Unlock()
 	switch st.State {
 	case "running":
-		p.current, p.since = st.Name, time.Now()
-		fmt.Fprintf(p.w, "\r\033[K  … %s", st.Name)
+		if p.current != st.Name {
+			p.since = time.Now()
+		}
+		p.current, p.bytes = st.Name, bytesSuffix(st)
+		fmt.Fprintf(p.w, "\r\033[K  … %s%s", st.Name, p.bytes)
 	case "skipped":
 		p.current = ""
 		fmt.Fprintf(p.w, "\r\033[K  - %s (skipped: %s)\n", st.Name, st.Detail)
@@ -94,6 +103,21 @@ func (p *progress) close() {
 			fmt.Fprint(p.w, "\r\033[K")
 		}
 	}
+}
+
+// bytesSuffix shows a running stage's byte progress.
+func bytesSuffix(st api.Stage) string {
+	if st.Total <= 0 && st.Bytes <= 0 {
+		return ""
+	}
+	s := " " + humanBytes(st.Bytes)
+	if st.Total > 0 {
+		s += " / " + humanBytes(st.Total)
+	}
+	if st.Detail != "" {
+		s += " " + st.Detail
+	}
+	return s
 }
 
 // detailSuffix shows what a finished stage has to say (e.g. warnings).

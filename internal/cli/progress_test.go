@@ -229,3 +229,48 @@ func TestProgressTTYCloseIdle(t *testing.T) {
 		t.Error("the ticker goroutine still runs after close")
 	}
 }
+
+// redrawBytes matches the ticker's redraws of a stage with byte progress.
+var redrawBytes = regexp.MustCompile(`\r\x1b\[K  … [a-z ]+ \([0-9]+\.[0-9]s\)[^\r]*`)
+
+// Byte progress of a running stage: on a terminal each report redraws the
+// line with the counts; plainly, the stage is printed once.
+func TestProgressBytes(t *testing.T) {
+	pull := []api.Stage{
+		{Name: "pull layers", State: "running"},
+		{Name: "pull layers", State: "running", Bytes: 1 << 20, Total: 4 << 20, Detail: "layer 1/2 sha256:abc"},
+		{Name: "pull layers", State: "running", Bytes: 4 << 20, Total: 4 << 20, Detail: "layer 2/2 sha256:def"},
+		{Name: "pull layers", State: "done", DurationMS: 30},
+	}
+	var buf bytes.Buffer
+	p := newProgress(&buf)
+	for _, st := range pull {
+		p.stage(st)
+	}
+	p.close()
+	if got, want := buf.String(), "pull layers ...\npull layers done (30ms)\n"; got != want {
+		t.Errorf("plain byte progress %q, want %q", got, want)
+	}
+
+	master, slave := openPTY(t)
+	out := readPTY(master)
+	p = newProgress(slave)
+	for _, st := range pull {
+		p.stage(st)
+	}
+	p.close()
+	const clear = "\r\033[K"
+	want := clear + "  … pull layers" +
+		clear + "  … pull layers " + humanBytes(1<<20) + " / " + humanBytes(4<<20) + " layer 1/2 sha256:abc" +
+		clear + "  … pull layers " + humanBytes(4<<20) + " / " + humanBytes(4<<20) + " layer 2/2 sha256:def" +
+		clear + "  ✓ pull layers (30ms)\n"
+	got := ""
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if got = redrawBytes.ReplaceAllString(out.String(), ""); got == want {
+			break
+		}
+	}
+	if got != want {
+		t.Errorf("tty byte progress:\n%q\nwant\n%q", got, want)
+	}
+}

@@ -89,6 +89,18 @@ func (a *app) create(ctx context.Context, p api.VMCreateParams) (api.VM, error) 
 		return api.VM{}, err
 	}
 	fmt.Fprintf(a.stderr, "creating vm %s\n", op.VM)
+	if _, err := a.follow(ctx, cl, op, "create of "+op.VM); err != nil {
+		return api.VM{}, err
+	}
+	var v api.VM
+	err = cl.Call(ctx, api.MethodVMShow, api.VMRef{Name: op.VM}, &v)
+	return v, err
+}
+
+// follow draws an asynchronous operation's stages until it ends and cancels
+// it (it rolls back) on Ctrl-C. It returns the final Op, and an error unless
+// the operation succeeded; what names it in messages ("create of NAME").
+func (a *app) follow(ctx context.Context, cl *rpc.Client, op api.Op, what string) (api.Op, error) {
 	sigCtx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	prog := newProgress(a.stderr)
@@ -98,38 +110,36 @@ func (a *app) create(ctx context.Context, p api.VMCreateParams) (api.VM, error) 
 			prog.stage(st)
 		}
 	}
-	err = cl.CallStream(sigCtx, api.MethodOpWait, api.OpRef{ID: op.ID}, &op, onEvent)
+	err := cl.CallStream(sigCtx, api.MethodOpWait, api.OpRef{ID: op.ID}, &op, onEvent)
 	interrupted := false
 	if err != nil && sigCtx.Err() != nil && ctx.Err() == nil {
 		interrupted = true
 		prog.close()
-		fmt.Fprintf(a.stderr, "\ncanceling the create of %s and removing what it made ...\n", op.VM)
+		fmt.Fprintf(a.stderr, "\ncanceling the %s and removing what it made ...\n", what)
 		cctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		if err := cl.Call(cctx, api.MethodOpCancel, api.OpRef{ID: op.ID}, nil); err != nil {
-			return api.VM{}, err
+			return op, err
 		}
 		prog = newProgress(a.stderr)
 		err = cl.CallStream(cctx, api.MethodOpWait, api.OpRef{ID: op.ID}, &op, func(string, json.RawMessage) {})
 	}
 	prog.close()
 	if err != nil {
-		return api.VM{}, err
+		return op, err
 	}
 	switch op.State {
 	case api.OpSucceeded:
+		return op, nil
 	case api.OpCanceled:
-		fmt.Fprintf(a.stderr, "create of %s canceled; nothing was left behind\n", op.VM)
+		fmt.Fprintf(a.stderr, "%s canceled; nothing was left behind\n", what)
 		if interrupted {
-			return api.VM{}, ExitError{130}
+			return op, ExitError{130}
 		}
-		return api.VM{}, errors.New("create canceled")
+		return op, errors.New(what + " canceled")
 	default:
-		return api.VM{}, fmt.Errorf("create of %s failed: %s", op.VM, op.Error)
+		return op, fmt.Errorf("%s failed: %s", what, op.Error)
 	}
-	var v api.VM
-	err = cl.Call(ctx, api.MethodVMShow, api.VMRef{Name: op.VM}, &v)
-	return v, err
 }
 
 func (a *app) vmStartCmd(verb string) *cobra.Command {

@@ -63,6 +63,17 @@ type Config struct {
 		TapPool int `toml:"tap_pool"`
 	} `toml:"network"`
 
+	Image struct {
+		// Kernel and Initrd boot images pulled from a registry (they have
+		// none of their own): absolute paths of a vmlinux/bzImage and of
+		// banger's initramfs.
+		Kernel string `toml:"kernel"`
+		Initrd string `toml:"initrd"`
+		// CatalogURL replaces the image catalog compiled into banger
+		// (http:// or https:// URL of a catalog JSON).
+		CatalogURL string `toml:"catalog_url"`
+	} `toml:"image"`
+
 	// FileSync copies host files into each new VM's /root after it boots
 	// ([[file_sync]] tables).
 	FileSync []SyncEntry `toml:"file_sync"`
@@ -180,6 +191,14 @@ func (c Config) Validate() error {
 				return fmt.Errorf("network.dns_upstreams: %q is not an IP or IP:port", u)
 			}
 		}
+	}
+	for key, v := range map[string]string{"image.kernel": c.Image.Kernel, "image.initrd": c.Image.Initrd} {
+		if v != "" && !strings.HasPrefix(v, "/") {
+			return fmt.Errorf("%s = %q: want an absolute path", key, v)
+		}
+	}
+	if u := c.Image.CatalogURL; u != "" && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+		return fmt.Errorf("image.catalog_url = %q: want an http:// or https:// URL", u)
 	}
 	for i, e := range c.FileSync {
 		switch {

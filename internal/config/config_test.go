@@ -79,6 +79,11 @@ ready_timeout = "90s"
 bridge = "bangertest0"
 cidr = "10.99.8.0/22"
 dns = "192.0.2.53"
+
+[image]
+kernel = "/var/lib/banger/kernels/vmlinuz"
+initrd = "/var/lib/banger/kernels/initrd.img"
+catalog_url = "http://127.0.0.1:8080/catalog.json"
 `)
 	got, err := Load(path)
 	if err != nil {
@@ -99,6 +104,9 @@ dns = "192.0.2.53"
 	want.Network.Bridge = "bangertest0"
 	want.Network.CIDR = "10.99.8.0/22"
 	want.Network.DNS = "192.0.2.53"
+	want.Image.Kernel = "/var/lib/banger/kernels/vmlinuz"
+	want.Image.Initrd = "/var/lib/banger/kernels/initrd.img"
+	want.Image.CatalogURL = "http://127.0.0.1:8080/catalog.json"
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Load =\n%+v\nwant\n%+v", got, want)
 	}
@@ -308,6 +316,19 @@ func TestFileSync(t *testing.T) {
 	} {
 		if _, err := Load(writeConfig(t, bad)); err == nil || !strings.Contains(err.Error(), "file_sync") {
 			t.Errorf("%q: err = %v, want a file_sync error", bad, err)
+		}
+	}
+}
+
+func TestImageKeysValidated(t *testing.T) {
+	for body, want := range map[string]string{
+		"[image]\nkernel = \"vmlinuz\"\n":             "image.kernel",
+		"[image]\ninitrd = \"rel/initrd\"\n":          "image.initrd",
+		"[image]\ncatalog_url = \"ftp://x/c.json\"\n": "image.catalog_url",
+	} {
+		_, err := Load(writeConfig(t, body))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Load(%q) = %v, want an error naming %s", body, err, want)
 		}
 	}
 }

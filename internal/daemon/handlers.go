@@ -59,6 +59,16 @@ func (d *Daemon) register() {
 		return struct{}{}, d.vms.DeleteImage(ctx, p.Name)
 	}))
 
+	h(api.MethodImagePull, withParams(func(ctx context.Context, p api.ImagePullParams, _ *rpc.Stream) (any, error) {
+		return d.vms.PullImage(ctx, p)
+	}))
+	h(api.MethodImagePromote, withParams(func(ctx context.Context, p api.ImageRef, _ *rpc.Stream) (any, error) {
+		return d.vms.PromoteImage(ctx, p.Name)
+	}))
+	h(api.MethodImageCachePrune, withParams(func(ctx context.Context, p api.ImageCachePruneParams, _ *rpc.Stream) (any, error) {
+		return d.vms.PruneImageCache(ctx, p)
+	}))
+
 	h(api.MethodVMCreate, withParams(func(ctx context.Context, p api.VMCreateParams, _ *rpc.Stream) (any, error) {
 		return d.vms.Create(ctx, p)
 	}))

@@ -36,6 +36,10 @@ func (copyBackend) Deactivate(context.Context, Root) error { return nil }
 
 func (copyBackend) Remove(ctx context.Context, r Root) error { return removeFile(ctx, r.Path) }
 
+// SparseCopy copies src to a new file dst keeping holes (see sparseCopy);
+// dst must not exist and is removed on error.
+func SparseCopy(ctx context.Context, src, dst string) error { return sparseCopy(ctx, src, dst, 0) }
+
 // sparseCopy copies src to a new file dst, copying only the data extents
 // (SEEK_DATA/SEEK_HOLE) so holes stay holes, then sets dst's size to
 // max(size, size of src). On error dst is removed.

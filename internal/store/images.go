@@ -17,22 +17,48 @@ type Image struct {
 	Managed   bool
 	SizeBytes int64
 	CreatedAt time.Time
+	// Source is how the image came to be: SourceRegistered, SourceOCI,
+	// SourceCatalog or SourcePromoted.
+	Source string
+	// Ref and Digest identify what was pulled (registry reference and
+	// manifest digest, or catalog name and bundle sha256).
+	Ref    string
+	Digest string
+	// Dir is the image's directory in banger's store ("" when unmanaged).
+	Dir string
+	// ContentBytes is the size of the file content in the root filesystem.
+	ContentBytes int64
+	// WorkSeed is a tar applied to each new work disk ("" for none).
+	WorkSeed string
 }
 
-const imageCols = `name, rootfs, kernel, initrd, managed, size_bytes, created_at`
+// Image sources.
+const (
+	SourceRegistered = "registered"
+	SourceOCI        = "oci"
+	SourceCatalog    = "catalog"
+	SourcePromoted   = "promoted"
+)
+
+const imageCols = `name, rootfs, kernel, initrd, managed, size_bytes, created_at, source, ref, digest, dir, content_bytes, work_seed`
 
 func scanImage(sc interface{ Scan(...any) error }) (Image, error) {
 	var im Image
 	var created string
-	err := sc.Scan(&im.Name, &im.RootFS, &im.Kernel, &im.Initrd, &im.Managed, &im.SizeBytes, &created)
+	err := sc.Scan(&im.Name, &im.RootFS, &im.Kernel, &im.Initrd, &im.Managed, &im.SizeBytes, &created,
+		&im.Source, &im.Ref, &im.Digest, &im.Dir, &im.ContentBytes, &im.WorkSeed)
 	im.CreatedAt, _ = time.Parse(time.RFC3339Nano, created)
 	return im, err
 }
 
 // InsertImage adds an image; a duplicate name is an error.
 func (s *Store) InsertImage(ctx context.Context, im Image) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO images(`+imageCols+`) VALUES (?,?,?,?,?,?,?)`,
-		im.Name, im.RootFS, im.Kernel, im.Initrd, im.Managed, im.SizeBytes, im.CreatedAt.UTC().Format(time.RFC3339Nano))
+	if im.Source == "" {
+		im.Source = SourceRegistered
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO images(`+imageCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		im.Name, im.RootFS, im.Kernel, im.Initrd, im.Managed, im.SizeBytes, im.CreatedAt.UTC().Format(time.RFC3339Nano),
+		im.Source, im.Ref, im.Digest, im.Dir, im.ContentBytes, im.WorkSeed)
 	return err
 }
 
@@ -71,6 +97,21 @@ func (s *Store) DeleteImage(ctx context.Context, name string) error {
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("image %q: %w", name, ErrNotFound)
+	}
+	return nil
+}
+
+// UpdateImage rewrites an existing image row (matched by name).
+func (s *Store) UpdateImage(ctx context.Context, im Image) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE images SET rootfs=?, kernel=?, initrd=?, managed=?, size_bytes=?,
+		source=?, ref=?, digest=?, dir=?, content_bytes=?, work_seed=? WHERE name = ?`,
+		im.RootFS, im.Kernel, im.Initrd, im.Managed, im.SizeBytes, im.Source, im.Ref, im.Digest, im.Dir,
+		im.ContentBytes, im.WorkSeed, im.Name)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("image %q: %w", im.Name, ErrNotFound)
 	}
 	return nil
 }

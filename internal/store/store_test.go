@@ -90,3 +90,43 @@ func TestReadOnlyMissingFile(t *testing.T) {
 		t.Fatal("read-only open of a missing database succeeded")
 	}
 }
+
+func TestImageSourceFieldsRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	im := Image{Name: "pulled", RootFS: "/s/images/pulled/rootfs.ext4", Kernel: "/k", Managed: true, SizeBytes: 1 << 30,
+		CreatedAt: time.Now(), Source: SourceOCI, Ref: "127.0.0.1:5000/x:1", Digest: "sha256:ab", Dir: "/s/images/pulled",
+		ContentBytes: 12345, WorkSeed: "/s/images/pulled/work-seed.tar"}
+	if err := s.InsertImage(ctx, im); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetImage(ctx, "pulled")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Source != im.Source || got.Ref != im.Ref || got.Digest != im.Digest || got.Dir != im.Dir ||
+		got.ContentBytes != im.ContentBytes || got.WorkSeed != im.WorkSeed {
+		t.Fatalf("round trip: got %+v, want %+v", got, im)
+	}
+	reg := Image{Name: "reg", RootFS: "/r", Kernel: "/k", CreatedAt: time.Now()}
+	if err := s.InsertImage(ctx, reg); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.GetImage(ctx, "reg"); got.Source != SourceRegistered {
+		t.Fatalf("default source = %q, want %q", got.Source, SourceRegistered)
+	}
+	reg.Source, reg.Managed, reg.Dir = SourcePromoted, true, "/s/images/reg"
+	if err := s.UpdateImage(ctx, reg); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.GetImage(ctx, "reg"); got.Source != SourcePromoted || !got.Managed || got.Dir != reg.Dir {
+		t.Fatalf("after update: %+v", got)
+	}
+	if err := s.UpdateImage(ctx, Image{Name: "missing"}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("update of a missing image: %v, want ErrNotFound", err)
+	}
+}

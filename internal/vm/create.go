@@ -153,7 +153,8 @@ func (s *Service) runCreate(ctx context.Context, v store.VM, req createRequest, 
 		if err := s.save(&v); err != nil {
 			return err
 		}
-		return disk.CreateWorkDisk(ctx, v.WorkPath, req.workSize, "", s.guestFiles())
+		// A managed image's work seed (its /root) starts each work disk.
+		return disk.CreateWorkDisk(ctx, v.WorkPath, req.workSize, im.WorkSeed, s.guestFiles())
 	}); err != nil {
 		return err
 	}

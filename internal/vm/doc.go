@@ -15,7 +15,8 @@
 //	lifecycle.go  start, stop, restart, kill, and the exit watcher
 //	remove.go     delete and prune
 //	reconcile.go  adopting running VMMs and cleaning up after dead ones
-//	images.go     image registration
+//	images.go     image registration, list, show, delete
+//	imagepull.go  image pull (asynchronous, staged, rolled back), promote, cache prune
 //	exec.go       commands through the guest agent (one shared connection per VM)
 //	workspace.go  workspaces: copy a host tree in, export the guest's changes
 //
@@ -25,6 +26,14 @@
 //
 //	vmLock (one VM's lifecycle lock) → Service.reserve → Service.mu
 //	Service.agentMu is a leaf: nothing else is taken while it is held.
+//	Service.images.blobs (RWMutex: pulls read the blob cache, a prune writes)
+//	is taken alone, never with the locks above; prune only try-locks it.
+//
+// Service.reserve also guards images.busy, the names of images being pulled
+// or promoted (a busy name cannot be registered, pulled or deleted), and
+// images.bundlePulls. A catalog pull begins its operation while holding
+// Service.reserve (so a second pull of the name finds it), which takes the
+// operation table's own lock: Service.reserve → opTable.mu, never reversed.
 //
 // A goroutine holds at most one vmLock at a time. A vmLock is a one-slot
 // semaphore so an RPC waiting for it gives up when its client goes away. A

@@ -39,9 +39,13 @@ func (s *Service) RegisterImage(ctx context.Context, p api.ImageRegisterParams) 
 	im.SizeBytes = st.Size()
 	s.reserve.Lock()
 	defer s.reserve.Unlock()
+	if s.images.busy[p.Name] {
+		return api.Image{}, rpc.Errorf(rpc.CodeConflict, "image %q is being pulled right now", p.Name)
+	}
 	if _, err := s.Store.GetImage(ctx, p.Name); err == nil {
 		return api.Image{}, rpc.Errorf(rpc.CodeConflict, "an image named %q already exists", p.Name)
 	}
+	im.Source = store.SourceRegistered
 	if err := s.Store.InsertImage(ctx, im); err != nil {
 		return api.Image{}, err
 	}
@@ -101,7 +105,8 @@ func checkKernel(f *os.File) error {
 
 func imageView(im store.Image, usedBy []string) api.Image {
 	return api.Image{Name: im.Name, RootFS: im.RootFS, Kernel: im.Kernel, Initrd: im.Initrd, Managed: im.Managed,
-		SizeBytes: im.SizeBytes, CreatedAt: im.CreatedAt, UsedBy: usedBy}
+		SizeBytes: im.SizeBytes, CreatedAt: im.CreatedAt, UsedBy: usedBy, Source: im.Source, Ref: im.Ref,
+		Digest: im.Digest, Dir: im.Dir, ContentBytes: im.ContentBytes}
 }
 
 func (s *Service) imageUsers(ctx context.Context) (map[string][]string, error) {
@@ -146,11 +151,15 @@ func (s *Service) ShowImage(ctx context.Context, name string) (api.Image, error)
 	return imageView(im, users[name]), nil
 }
 
-// DeleteImage removes an image; it refuses while a VM uses it. Registered
-// (unmanaged) files are never deleted.
+// DeleteImage removes an image; it refuses while a VM uses it or an
+// operation (promote) works on it. A managed image's directory in banger's
+// store is removed with it; registered (unmanaged) files are never deleted.
 func (s *Service) DeleteImage(ctx context.Context, name string) error {
 	s.reserve.Lock()
 	defer s.reserve.Unlock()
+	if s.images.busy[name] {
+		return rpc.Errorf(rpc.CodeConflict, "image %q is being pulled or promoted right now; delete it when that has finished", name)
+	}
 	im, err := s.ShowImage(ctx, name)
 	if err != nil {
 		return err
@@ -158,5 +167,14 @@ func (s *Service) DeleteImage(ctx context.Context, name string) error {
 	if len(im.UsedBy) > 0 {
 		return rpc.Errorf(rpc.CodeFailedPrecondition, "image %s is used by VM(s) %v; delete them first", name, im.UsedBy)
 	}
-	return s.Store.DeleteImage(ctx, name)
+	if err := s.Store.DeleteImage(ctx, name); err != nil {
+		return err
+	}
+	if im.Managed && im.Dir != "" {
+		if err := s.imageStore().Remove(name); err != nil {
+			return fmt.Errorf("image %s deleted, but removing %s failed: %w", name, im.Dir, err)
+		}
+	}
+	s.Log.Info("image deleted", "image", name, "managed", im.Managed)
+	return nil
 }

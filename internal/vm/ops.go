@@ -30,11 +30,18 @@ type opTable struct {
 
 func newOpTable() *opTable { return &opTable{ops: map[string]*op{}} }
 
-// begin starts fn in the background as a new operation.
+// begin starts fn in the background as a new operation on a VM.
 func (t *opTable) begin(kind, vmName string, fn func(ctx context.Context, report Reporter) error) api.Op {
+	return t.beginOp(api.Op{Kind: kind, VM: vmName}, fn)
+}
+
+// beginOp starts fn in the background as a new operation described by info
+// (Kind and its subject: VM or Image).
+func (t *opTable) beginOp(info api.Op, fn func(ctx context.Context, report Reporter) error) api.Op {
 	ctx, cancel := context.WithCancel(context.Background())
+	info.ID, info.State, info.Stages, info.StartedAt = newID(), api.OpRunning, []api.Stage{}, time.Now().UTC()
 	o := &op{
-		info:   api.Op{ID: newID(), Kind: kind, VM: vmName, State: api.OpRunning, Stages: []api.Stage{}, StartedAt: time.Now().UTC()},
+		info:   info,
 		subs:   map[chan api.Stage]struct{}{},
 		done:   make(chan struct{}),
 		cancel: cancel,

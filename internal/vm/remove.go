@@ -86,6 +86,7 @@ func (s *Service) Prune(ctx context.Context) (api.VMPruneResult, error) {
 // VMMs are adopted (after verifying the pid is still the process we
 // started), dead ones are cleaned up, and interrupted creates are rolled back.
 func (s *Service) Reconcile(ctx context.Context) error {
+	s.reconcileImages(ctx)
 	vms, err := s.Store.ListVMs(ctx)
 	if err != nil {
 		return err

@@ -69,6 +69,8 @@ type Service struct {
 
 	agentMu sync.Mutex               // guards agents; a leaf lock, held while dialing one VM's agent
 	agents  map[string]*agent.Client // by VM id: the shared agent connection
+
+	images imageState // image pulls in flight and the blob cache lock (imagepull.go)
 }
 
 // New returns a Service. Call Reconcile before serving requests.

@@ -56,6 +56,11 @@ func (s *stages) run(ctx context.Context, name string, fn func() error) error {
 	return err
 }
 
+// progress reports bytes done of the running stage name.
+func (s *stages) progress(name string, done, total int64, detail string) {
+	s.report(api.Stage{Name: name, State: "running", Bytes: done, Total: total, Detail: detail})
+}
+
 func (s *stages) skip(name, why string) {
 	st := api.Stage{Name: name, State: "skipped", Detail: why}
 	s.list = append(s.list, st)
