@@ -98,6 +98,15 @@ type Result struct {
 // ErrNotRoot is returned (wrapped) when Build does not run as root.
 var ErrNotRoot = errors.New("needs root")
 
+func notRoot(r *Recipe) error {
+	return fmt.Errorf("building image recipe %s %w: debootstrap runs package scripts in a chroot and creates files owned by other users (run bangerd as root, or build internal/recipe/%s/Dockerfile with Docker)",
+		r.Name, ErrNotRoot, r.Name)
+}
+
+// buildTools are the host tools Build runs (besides e2fsprogs, which
+// oci.BuildExt4 checks, and apt, which finds the host's archive).
+var buildTools = []string{"debootstrap", "chroot", "dpkg-query", "cp"}
+
 // Build installs the recipe with debootstrap into dir/.tree, configures
 // it, copies its /root to dir/work-seed and makes dir/rootfs.ext4 and
 // dir/recipe.json. dir must be an existing, empty directory (e.g. an image
@@ -114,8 +123,7 @@ func Build(ctx context.Context, r *Recipe, dir string, opts Options, run StageRu
 		run = func(_ string, fn func() error) error { return fn() }
 	}
 	if os.Geteuid() != 0 {
-		return res, fmt.Errorf("building image recipe %s %w: debootstrap runs package scripts in a chroot and creates files owned by other users (run bangerd as root, or build internal/recipe/%s/Dockerfile with Docker)",
-			r.Name, ErrNotRoot, r.Name)
+		return res, notRoot(r)
 	}
 	if opts.Size < 0 {
 		return res, fmt.Errorf("image size %d: must not be negative", opts.Size)
@@ -123,7 +131,7 @@ func Build(ctx context.Context, r *Recipe, dir string, opts Options, run StageRu
 	if err := checkEmptyDir(dir); err != nil {
 		return res, err
 	}
-	for _, t := range []string{"debootstrap", "chroot", "dpkg-query", "cp"} {
+	for _, t := range buildTools {
 		if _, err := lookTool(t); err != nil {
 			return res, err
 		}

@@ -23,6 +23,10 @@
 //	exec.go           running tools with argv in their own process group
 //	                  (killed as a group on cancel); detaching mounts under
 //	                  the tree before anything is removed.
+//	entry.go          Check (can this host build a recipe? refused at once with
+//	                  the fix when not) and BuildNamed: the daemon's entry point
+//	                  for `image pull NAME --build` into an image store's
+//	                  staging directory.
 //	cache.go          BuildCached: one build per recipe hash under a cache
 //	                  directory (flock, staged, renamed), for CI and tests.
 //	debian-bookworm/  the default image: recipe.toml (suite, packages, units),
