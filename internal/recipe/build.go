@@ -57,6 +57,10 @@ type Options struct {
 	// Log receives debootstrap's output (nil discards it; the tail is kept
 	// for errors either way).
 	Log io.Writer
+	// Progress, when set, receives what debootstrap is doing during the
+	// debootstrap stage (its "I: ..." lines without the prefix, e.g.
+	// "Retrieving git 1:2.39.5-0+deb12u3", "Configuring systemd...").
+	Progress func(detail string)
 }
 
 // Package is one installed Debian package.
@@ -168,7 +172,7 @@ func Build(ctx context.Context, r *Recipe, dir string, opts Options, run StageRu
 	}
 
 	if err := timed(StageDebootstrap, func() error {
-		return debootstrap(ctx, r, tree, mirror, proxy, opts.Log)
+		return debootstrap(ctx, r, tree, mirror, proxy, opts.Log, opts.Progress)
 	}); err != nil {
 		return res, err
 	}
@@ -237,10 +241,18 @@ func checkEmptyDir(dir string) error {
 }
 
 // debootstrap installs the recipe's packages on debootstrap's minbase.
-func debootstrap(ctx context.Context, r *Recipe, tree, mirror, proxy string, log io.Writer) error {
+func debootstrap(ctx context.Context, r *Recipe, tree, mirror, proxy string, log io.Writer, progress func(string)) error {
 	var env []string
 	if proxy != "" {
 		env = []string{"http_proxy=" + proxy}
+	}
+	if progress != nil {
+		lw := &infoLines{report: progress}
+		if log != nil {
+			log = io.MultiWriter(log, lw)
+		} else {
+			log = lw
+		}
 	}
 	args := []string{"--variant=minbase", "--components=" + strings.Join(r.Components, ","),
 		"--include=" + strings.Join(r.Packages, ","), r.Suite, tree, mirror}
@@ -250,6 +262,31 @@ func debootstrap(ctx context.Context, r *Recipe, tree, mirror, proxy string, log
 		err = derr
 	}
 	return err
+}
+
+// infoLines passes the text of each complete "I: " line written to it to
+// report.
+type infoLines struct {
+	report  func(string)
+	partial []byte
+}
+
+func (w *infoLines) Write(p []byte) (int, error) {
+	w.partial = append(w.partial, p...)
+	for {
+		i := bytes.IndexByte(w.partial, '\n')
+		if i < 0 {
+			break
+		}
+		if line, ok := strings.CutPrefix(string(w.partial[:i]), "I: "); ok {
+			w.report(strings.TrimSpace(line))
+		}
+		w.partial = w.partial[i+1:]
+	}
+	if len(w.partial) > 64<<10 { // no newline for that long: not a log line
+		w.partial = w.partial[:0]
+	}
+	return len(p), nil
 }
 
 // configure applies the recipe's files and settings to the installed tree.

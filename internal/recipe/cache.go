@@ -61,7 +61,12 @@ func BuildCached(ctx context.Context, r *Recipe, cacheRoot string, opts Options,
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return "", false, err
 	}
-	if _, err := Build(ctx, r, tmp, opts, run); err != nil {
+	res, err := Build(ctx, r, tmp, opts, run)
+	if err != nil {
+		return "", false, err
+	}
+	// Readable by a daemon that does not run as root (it registers the file).
+	if err := os.Chmod(res.RootFS, 0o644); err != nil {
 		return "", false, err
 	}
 	if err := os.WriteFile(filepath.Join(tmp, completeFile), nil, 0o644); err != nil {

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -190,9 +191,12 @@ func TestBuildCancelLeavesNothing(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	var stages []string
+	var mu sync.Mutex
+	var progress []string
 	done := make(chan error, 1)
 	go func() {
-		_, err := Build(ctx, r, dir, Options{Mirror: "http://" + ln.Addr().String() + "/debian", Proxy: "http://" + ln.Addr().String()},
+		_, err := Build(ctx, r, dir, Options{Mirror: "http://" + ln.Addr().String() + "/debian", Proxy: "http://" + ln.Addr().String(),
+			Progress: func(d string) { mu.Lock(); progress = append(progress, d); mu.Unlock() }},
 			func(name string, fn func() error) error { stages = append(stages, name); return fn() })
 		done <- err
 	}()
@@ -216,6 +220,11 @@ func TestBuildCancelLeavesNothing(t *testing.T) {
 	if !slices.Equal(stages, []string{StageDebootstrap}) {
 		t.Fatalf("stages run: %v", stages)
 	}
+	mu.Lock()
+	if !slices.Contains(progress, "Retrieving InRelease") {
+		t.Errorf("debootstrap progress reported: %q", progress)
+	}
+	mu.Unlock()
 	ents, _ := os.ReadDir(dir)
 	if len(ents) != 0 {
 		t.Fatalf("%s holds %v after a canceled build", dir, ents)
@@ -226,5 +235,18 @@ func TestBuildCancelLeavesNothing(t *testing.T) {
 	out, _ := exec.Command("pgrep", "-f", dir).Output()
 	if len(strings.TrimSpace(string(out))) > 0 {
 		t.Fatalf("processes still running on %s: %s", dir, out)
+	}
+}
+
+func TestInfoLines(t *testing.T) {
+	var got []string
+	w := &infoLines{report: func(d string) { got = append(got, d) }}
+	for _, chunk := range []string{"I: Retrieving In", "Release \nW: a warning\nI: Configuring systemd...\nI: par", "tial"} {
+		if n, err := w.Write([]byte(chunk)); n != len(chunk) || err != nil {
+			t.Fatal(n, err)
+		}
+	}
+	if want := []string{"Retrieving InRelease", "Configuring systemd..."}; !slices.Equal(got, want) {
+		t.Fatalf("reported %q, want %q", got, want)
 	}
 }
