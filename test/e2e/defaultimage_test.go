@@ -14,14 +14,19 @@ import (
 
 // defaultImage returns the directory of the debian-bookworm recipe's image:
 // BANGER_TEST_DEFAULT_IMAGE, or built once per recipe hash under
-// /var/cache/banger-test (as test/fixture/build-default-image does).
+// /var/cache/banger-test or BANGER_TEST_CACHE (as
+// test/fixture/build-default-image does).
 func defaultImage(t *testing.T, r *recipe.Recipe) string {
 	if d := os.Getenv("BANGER_TEST_DEFAULT_IMAGE"); d != "" {
 		return d
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	dir, built, err := recipe.BuildCached(ctx, r, "/var/cache/banger-test", recipe.Options{Mirror: os.Getenv("BANGER_DEBIAN_MIRROR")},
+	cache := os.Getenv("BANGER_TEST_CACHE")
+	if cache == "" {
+		cache = "/var/cache/banger-test"
+	}
+	dir, built, err := recipe.BuildCached(ctx, r, cache, recipe.Options{Mirror: os.Getenv("BANGER_DEBIAN_MIRROR")},
 		func(name string, fn func() error) error {
 			t0 := time.Now()
 			err := fn()
