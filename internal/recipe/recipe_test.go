@@ -93,6 +93,9 @@ func TestDockerfileMatchesRecipe(t *testing.T) {
 	if got, want := words("systemctl mask", "&&"), sorted(r.Mask); !slices.Equal(got, want) {
 		t.Errorf("Dockerfile masks %v\nrecipe masks %v", got, want)
 	}
+	if got, want := words("systemctl enable", "&&"), sorted(r.Enable); !slices.Equal(got, want) {
+		t.Errorf("Dockerfile enables %v\nrecipe enables %v", got, want)
+	}
 	if got, want := words("systemctl disable", "&&"), sorted(r.Disable); !slices.Equal(got, want) {
 		t.Errorf("Dockerfile disables %v\nrecipe disables %v", got, want)
 	}
