@@ -5,6 +5,7 @@
 #
 # Usage: sudo scripts/test.sh
 # Env:   BANGER_TEST_GUEST=DIR  use an already built guest instead of building/finding it
+#        BANGER_TEST_DEFAULT_IMAGE=DIR  use an already built debian-bookworm image (test/fixture/build-default-image)
 #        E2E_PARALLEL=N         guests booted at once (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,11 @@ guest=${BANGER_TEST_GUEST:-$(bash test/fixture/build-guest.sh | tail -n1)}
 export BANGER_TEST_GUEST=$guest
 echo "guest: $guest" >&2
 
+step "default image (debian-bookworm recipe; built once per recipe hash, ~2.5 min cold)"
+default_image=${BANGER_TEST_DEFAULT_IMAGE:-$(go run ./test/fixture/build-default-image | tail -n1)}
+export BANGER_TEST_DEFAULT_IMAGE=$default_image
+echo "default image: $default_image" >&2
+
 step "unit tests"
 [[ -f ../shared/firecracker/firecracker-api.yaml ]] ||
 	echo "NOTE: ../shared/firecracker/firecracker-api.yaml is missing: the Firecracker contract tests will skip" >&2
@@ -43,7 +49,7 @@ CGO_ENABLED=0 go build -o "$bindir/" ./cmd/banger-agent
 "$bindir/banger" doctor
 
 step "end-to-end tests (real guests under QEMU)"
-BANGER_E2E=1 BANGER_TEST_GUEST=$guest go test -count=1 -v -parallel "${E2E_PARALLEL:-3}" -timeout 25m ./test/e2e
+BANGER_E2E=1 BANGER_TEST_GUEST=$guest BANGER_TEST_DEFAULT_IMAGE=$default_image go test -count=1 -v -parallel "${E2E_PARALLEL:-3}" -timeout 25m ./test/e2e
 
 step "leak check"
 test/leakcheck.sh compare "$snapshot"

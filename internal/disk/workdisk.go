@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -101,14 +102,21 @@ func stageFile(stage string, f File) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", f.Path, err)
 	}
-	local := filepath.Join(stage, p)
-	if f.Mode.IsDir() {
-		err = os.MkdirAll(local, 0o755)
-	} else if err = os.MkdirAll(filepath.Dir(local), 0o755); err == nil {
-		err = os.WriteFile(local, f.Data, 0o600)
-	}
+	// Through os.Root: a seed (an image's /root) may hold symlinks, and
+	// none may lead a write out of the staging directory.
+	root, err := os.OpenRoot(stage)
 	if err != nil {
 		return nil, err
+	}
+	defer root.Close()
+	local := strings.TrimPrefix(p, "/")
+	if f.Mode.IsDir() {
+		err = root.MkdirAll(local, 0o755)
+	} else if err = root.MkdirAll(filepath.Dir(local), 0o755); err == nil {
+		err = root.WriteFile(local, f.Data, 0o600)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("work disk file %s: %w", f.Path, err)
 	}
 	return setAttrs(p, mode, f.UID, f.GID), nil
 }
@@ -217,6 +225,32 @@ func ReadFile(ctx context.Context, img, path string) ([]byte, error) {
 		return nil, err
 	}
 	return debugfs(ctx, nil, "-R", "cat "+q(p), img)
+}
+
+// ExtractDir copies directory dir of the ext4 image img (e.g. an image's
+// /root, its work seed) into the existing directory parent without
+// mounting the image (debugfs rdump keeps modes, and owners when run as
+// root), and returns the copy's path, parent/<base of dir>. It returns ""
+// when img has no such directory.
+func ExtractDir(ctx context.Context, img, dir, parent string) (string, error) {
+	p, err := diskPath(dir)
+	if err != nil {
+		return "", err
+	}
+	types, err := inodeTypes(ctx, img, []string{p})
+	if err != nil {
+		return "", err
+	}
+	if types[p] != "directory" {
+		return "", nil
+	}
+	if strings.ContainsAny(parent, "\"\\") {
+		return "", fmt.Errorf("%s: quotes and backslashes are not supported in the directory name", parent)
+	}
+	if _, err := debugfs(ctx, nil, "-R", "rdump "+q(p)+" "+q(parent), img); err != nil {
+		return "", err
+	}
+	return filepath.Join(parent, filepath.Base(p)), nil
 }
 
 // GrowWorkDisk grows the image img and its ext4 filesystem to newSize.

@@ -214,3 +214,68 @@ func blockCount(t *testing.T, img string) int64 {
 	n, _ := strconv.ParseInt(m[1], 10, 64)
 	return n
 }
+
+// An image's /root read back with ExtractDir seeds a work disk; a seed
+// whose symlinks point out of it cannot make banger's files land outside.
+func TestExtractDirSeedsWorkDisk(t *testing.T) {
+	needTools(t, "mkfs.ext4", "debugfs")
+	ctx := context.Background()
+	dir := t.TempDir()
+	img := filepath.Join(dir, "image.ext4")
+	if err := CreateWorkDisk(ctx, img, 64<<20, "", []File{
+		{Path: "root", Mode: os.ModeDir | 0o700},
+		{Path: "root/.bashrc", Mode: 0o644, Data: []byte("PS1='x '\n")},
+		{Path: "root/.config/app.toml", Mode: 0o600, Data: []byte("k = 1\n")},
+		{Path: "etc/hostname", Mode: 0o644, Data: []byte("img\n")},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	seed, err := ExtractDir(ctx, img, "/root", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seed != filepath.Join(out, "root") {
+		t.Fatalf("seed = %q", seed)
+	}
+	if b, err := os.ReadFile(filepath.Join(seed, ".config/app.toml")); err != nil || string(b) != "k = 1\n" {
+		t.Fatalf("extracted .config/app.toml = %q, %v", b, err)
+	}
+	if fi, err := os.Stat(filepath.Join(seed, ".config/app.toml")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("extracted mode: %v %v", fi, err)
+	}
+	if missing, err := ExtractDir(ctx, img, "/nope", t.TempDir()); err != nil || missing != "" {
+		t.Fatalf("ExtractDir of a missing directory = %q, %v; want \"\", nil", missing, err)
+	}
+	if f, err := ExtractDir(ctx, img, "/etc/hostname", t.TempDir()); err != nil || f != "" {
+		t.Fatalf("ExtractDir of a file = %q, %v; want \"\", nil", f, err)
+	}
+
+	work := filepath.Join(dir, "work.ext4")
+	if err := CreateWorkDisk(ctx, work, 64<<20, seed, []File{
+		{Path: ".ssh", Mode: os.ModeDir | 0o700},
+		{Path: ".ssh/authorized_keys", Mode: 0o600, Data: []byte(testKey)},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	assertFile(t, work, ".bashrc", "PS1='x '\n")
+	assertFile(t, work, ".config/app.toml", "k = 1\n")
+	assertFile(t, work, ".ssh/authorized_keys", testKey)
+
+	outside := t.TempDir()
+	hostile := t.TempDir()
+	if err := os.Symlink(outside, filepath.Join(hostile, ".ssh")); err != nil {
+		t.Fatal(err)
+	}
+	err = CreateWorkDisk(ctx, filepath.Join(dir, "hostile.ext4"), 64<<20, hostile, []File{
+		{Path: ".ssh/authorized_keys", Mode: 0o600, Data: []byte(testKey)},
+	})
+	if err == nil {
+		t.Fatal("a seed with .ssh -> outside directory was accepted")
+	}
+	assertOnly(t, outside)
+	if _, err := os.Stat(filepath.Join(dir, "hostile.ext4")); err == nil {
+		t.Fatal("hostile.ext4 left behind")
+	}
+	t.Logf("refused: %v", err)
+}

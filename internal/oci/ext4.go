@@ -173,21 +173,7 @@ func checkStaging(ctx context.Context, dir string, m *Manifest) (Usage, error) {
 	seen := map[ino]bool{}
 	var u Usage
 	found := 0
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil {
-			return err
-		}
-		key := "/" + filepath.ToSlash(rel)
-		if rel == "." {
-			key = "/"
-		}
+	err := walkImage(ctx, dir, func(key, p string, d fs.DirEntry) error {
 		if strings.ContainsAny(key, "\n\r") {
 			return fmt.Errorf("build ext4: %q: names with newlines cannot be handled by debugfs", key)
 		}

@@ -153,8 +153,7 @@ func (s *Service) runCreate(ctx context.Context, v store.VM, req createRequest, 
 		if err := s.save(&v); err != nil {
 			return err
 		}
-		// A managed image's work seed (its /root) starts each work disk.
-		return disk.CreateWorkDisk(ctx, v.WorkPath, req.workSize, im.WorkSeed, s.guestFiles())
+		return s.createWorkDisk(ctx, &v, im, req.workSize)
 	}); err != nil {
 		return err
 	}
@@ -204,6 +203,30 @@ func (s *Service) syncFiles(ctx context.Context, v *store.VM, st *stages) {
 	})
 	v.Stages = st.list
 	s.save(v)
+}
+
+// createWorkDisk makes the VM's work disk, seeded with the image's own
+// /root (its dotfiles: the image's work seed), read from the image without
+// mounting it, then banger's guest files.
+func (s *Service) createWorkDisk(ctx context.Context, v *store.VM, im store.Image, size int64) error {
+	seed := im.WorkSeed // a managed image's /root, kept when it was pulled
+	if seed == "" {
+		tmp, err := os.MkdirTemp(v.Dir, ".work-seed-*")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		if seed, err = disk.ExtractDir(ctx, im.RootFS, "/root", tmp); err != nil {
+			return fmt.Errorf("reading /root of image %s (the work seed): %w", im.Name, err)
+		}
+	}
+	if err := disk.CreateWorkDisk(ctx, v.WorkPath, size, seed, s.guestFiles()); err != nil {
+		if seed != "" {
+			return fmt.Errorf("work disk seeded with /root of image %s: %w", im.Name, err)
+		}
+		return err
+	}
+	return nil
 }
 
 // guestFiles are written into each work disk (/root in the guest) before boot.
