@@ -1,0 +1,139 @@
+package privileged
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"banger/internal/dnsserver"
+	"banger/internal/hostnet"
+	"banger/internal/netfilter"
+	"banger/internal/vmm/proc"
+)
+
+// Local performs the operations in this process, which must be root (or
+// hold CAP_NET_ADMIN and CAP_NET_BIND_SERVICE). It trusts its caller: the
+// root helper runs Check before it.
+type Local struct {
+	// Firewall is the nftables policy (bridge, CIDR, tap prefix, ...).
+	Firewall netfilter.Config
+	// TapOwner is the uid that may open the taps; -1: root only.
+	TapOwner int
+
+	mu sync.Mutex
+	fw *netfilter.Manager
+}
+
+var _ Ops = (*Local)(nil)
+
+// NewLocal returns the in-process backend. The firewall config is validated now.
+func NewLocal(fw netfilter.Config, tapOwner int) (*Local, error) {
+	m, err := netfilter.New(fw)
+	if err != nil {
+		return nil, err
+	}
+	return &Local{Firewall: fw, TapOwner: tapOwner, fw: m}, nil
+}
+
+func (l *Local) manager() *netfilter.Manager {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.fw
+}
+
+func (l *Local) EnsureBridge(_ context.Context, bridge string, cidr netip.Prefix) error {
+	return hostnet.EnsureBridge(hostnet.Config{Bridge: bridge, CIDR: cidr, TapPrefix: l.Firewall.TapPrefix})
+}
+
+func (l *Local) DeleteBridge(_ context.Context, bridge string) error {
+	return hostnet.DeleteBridge(bridge)
+}
+
+func (l *Local) CreateTap(_ context.Context, name, bridge string) error {
+	return hostnet.CreateTap(name, bridge, l.TapOwner)
+}
+
+func (l *Local) DeleteTap(_ context.Context, name string) error { return hostnet.DeleteTap(name) }
+
+// RenameTap renames a tap device. The link is taken down for the rename (the
+// kernel requires it) and brought up again if it was up.
+func (l *Local) RenameTap(_ context.Context, from, to string) error {
+	if err := errors.Join(hostnet.ValidateName("tap", from), hostnet.ValidateName("tap", to)); err != nil {
+		return err
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	link, err := netlink.LinkByName(from)
+	if err != nil {
+		return fmt.Errorf("rename tap %q: %w", from, err)
+	}
+	if t, ok := link.(*netlink.Tuntap); !ok || t.Mode != netlink.TUNTAP_MODE_TAP {
+		return fmt.Errorf("link %q is a %s device, not a tap; not renaming it", from, link.Type())
+	}
+	up := link.Attrs().Flags&net.FlagUp != 0
+	if up {
+		if err := netlink.LinkSetDown(link); err != nil {
+			return fmt.Errorf("rename tap %q: set down: %w", from, err)
+		}
+	}
+	if err := netlink.LinkSetName(link, to); err != nil {
+		if up {
+			_ = netlink.LinkSetUp(link)
+		}
+		return fmt.Errorf("rename tap %q to %q: %w", from, to, err)
+	}
+	if up {
+		if err := netlink.LinkSetUp(link); err != nil {
+			return fmt.Errorf("rename tap %q to %q: set up: %w", from, to, err)
+		}
+	}
+	return nil
+}
+
+func (l *Local) ListTaps(_ context.Context, prefix string) ([]string, error) {
+	return hostnet.ListLinks(prefix)
+}
+
+func (l *Local) FirewallApply(_ context.Context, rules netfilter.VMRules) error {
+	return l.manager().Apply(rules)
+}
+
+func (l *Local) FirewallRemove(_ context.Context, vmID string) error {
+	return l.manager().Remove(vmID)
+}
+
+func (l *Local) FirewallReconcile(_ context.Context, desired []netfilter.VMRules) error {
+	return l.manager().Reconcile(desired)
+}
+
+func (l *Local) FirewallTeardown(context.Context) error { return l.manager().Teardown() }
+
+func (l *Local) ListenDNS(ctx context.Context, addr netip.AddrPort) (net.PacketConn, net.Listener, error) {
+	return dnsserver.Bind(ctx, addr, true)
+}
+
+// SignalVMM opens a pidfd for the pid, verifies the process (start time and
+// control socket in its argv) through it, and signals the pidfd, so a pid
+// recycled in between is never signalled.
+func (l *Local) SignalVMM(_ context.Context, t VMMTarget, sig syscall.Signal) error {
+	fd, err := unix.PidfdOpen(t.PID, 0)
+	if err != nil {
+		return fmt.Errorf("signal VMM pid %d: %w", t.PID, proc.ErrGone)
+	}
+	defer unix.Close(fd)
+	if err := proc.Verify(t.PID, t.StartTime, t.ControlSocket); err != nil {
+		return fmt.Errorf("signal VMM pid %d: %w", t.PID, err)
+	}
+	if err := unix.PidfdSendSignal(fd, sig, nil, 0); err != nil {
+		return fmt.Errorf("signal VMM pid %d: %w", t.PID, err)
+	}
+	return nil
+}
