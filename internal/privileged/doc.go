@@ -31,6 +31,7 @@
 //	server.go     Server: socket, SO_PEERCRED, dispatch, logging
 //	client.go     Client: the daemon's side of the socket
 //	fds.go        SCM_RIGHTS framing of a response with file descriptors
+//	taps.go       TapOps: Ops as hostnet.TapOps, for the daemon's tap pool
 //
 // The wire: one request per connection. The client writes one JSON Request
 // and shuts its write side; the server answers with one JSON Response (file

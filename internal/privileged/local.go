@@ -21,7 +21,9 @@ import (
 
 // Local performs the operations in this process, which must be root (or
 // hold CAP_NET_ADMIN and CAP_NET_BIND_SERVICE). It trusts its caller: the
-// root helper runs Check before it.
+// root helper runs Check before it. The zero Local (TapOwner 0, no
+// firewall) does the bridge, tap, DNS and signal operations; the firewall
+// operations need NewLocal.
 type Local struct {
 	// Firewall is the nftables policy (bridge, CIDR, tap prefix, ...).
 	Firewall netfilter.Config
@@ -43,10 +45,16 @@ func NewLocal(fw netfilter.Config, tapOwner int) (*Local, error) {
 	return &Local{Firewall: fw, TapOwner: tapOwner, fw: m}, nil
 }
 
-func (l *Local) manager() *netfilter.Manager {
+// errNoFirewall is returned by the firewall operations of a Local made without NewLocal.
+var errNoFirewall = errors.New("no firewall configured (privileged.Local made without NewLocal)")
+
+func (l *Local) manager() (*netfilter.Manager, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.fw
+	if l.fw == nil {
+		return nil, errNoFirewall
+	}
+	return l.fw, nil
 }
 
 func (l *Local) EnsureBridge(_ context.Context, bridge string, cidr netip.Prefix) error {
@@ -103,18 +111,36 @@ func (l *Local) ListTaps(_ context.Context, prefix string) ([]string, error) {
 }
 
 func (l *Local) FirewallApply(_ context.Context, rules netfilter.VMRules) error {
-	return l.manager().Apply(rules)
+	m, err := l.manager()
+	if err != nil {
+		return err
+	}
+	return m.Apply(rules)
 }
 
 func (l *Local) FirewallRemove(_ context.Context, vmID string) error {
-	return l.manager().Remove(vmID)
+	m, err := l.manager()
+	if err != nil {
+		return err
+	}
+	return m.Remove(vmID)
 }
 
 func (l *Local) FirewallReconcile(_ context.Context, desired []netfilter.VMRules) error {
-	return l.manager().Reconcile(desired)
+	m, err := l.manager()
+	if err != nil {
+		return err
+	}
+	return m.Reconcile(desired)
 }
 
-func (l *Local) FirewallTeardown(context.Context) error { return l.manager().Teardown() }
+func (l *Local) FirewallTeardown(context.Context) error {
+	m, err := l.manager()
+	if err != nil {
+		return err
+	}
+	return m.Teardown()
+}
 
 func (l *Local) ListenDNS(ctx context.Context, addr netip.AddrPort) (net.PacketConn, net.Listener, error) {
 	return dnsserver.Bind(ctx, addr, true)
