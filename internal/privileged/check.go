@@ -46,7 +46,7 @@ func Check(p Policy, r Request) error {
 	case OpCreateTap:
 		want.Name, want.Bridge = r.Name, r.Bridge
 		err = errors.Join(p.checkTap(r.Name), p.checkBridge(r.Bridge))
-	case OpDeleteTap:
+	case OpDeleteTap, OpOpenTap:
 		want.Name = r.Name
 		err = p.checkTap(r.Name)
 	case OpRenameTap:
@@ -100,7 +100,7 @@ func Check(p Policy, r Request) error {
 
 // AllOps lists the allow-list.
 func AllOps() []string {
-	return []string{OpPing, OpEnsureBridge, OpDeleteBridge, OpCreateTap, OpDeleteTap, OpRenameTap, OpListTaps,
+	return []string{OpPing, OpEnsureBridge, OpDeleteBridge, OpCreateTap, OpDeleteTap, OpRenameTap, OpOpenTap, OpListTaps,
 		OpFirewallApply, OpFirewallRemove, OpFirewallReconcile, OpFirewallTeardown, OpListenDNS, OpSignalVMM}
 }
 

@@ -109,6 +109,19 @@ func (c *Client) RenameTap(ctx context.Context, from, to string) error {
 	return c.do(ctx, Request{Op: OpRenameTap, Name: from, NewName: to})
 }
 
+// OpenTap receives a descriptor attached to the tap from the helper.
+func (c *Client) OpenTap(ctx context.Context, name string) (*os.File, error) {
+	_, files, err := c.Do(ctx, Request{Op: OpOpenTap, Name: name})
+	if err != nil {
+		return nil, err
+	}
+	if len(files) != 1 {
+		closeFiles(files)
+		return nil, fmt.Errorf("root helper open_tap: want 1 descriptor, got %d", len(files))
+	}
+	return files[0], nil
+}
+
 func (c *Client) ListTaps(ctx context.Context, prefix string) ([]string, error) {
 	resp, _, err := c.Do(ctx, Request{Op: OpListTaps, Prefix: prefix})
 	return resp.Taps, err

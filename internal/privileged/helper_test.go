@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"banger/internal/netfilter"
 )
@@ -122,6 +123,7 @@ func TestHelperRefuses(t *testing.T) {
 		{"tap name that is only the prefix", Request{Op: OpCreateTap, Name: "bgtp", Bridge: "bgtestpriv0"}, "does not match"},
 		{"tap renamed to a foreign name", Request{Op: OpRenameTap, Name: "bgtp01", NewName: "eth0"}, "does not match"},
 		{"tap name with bad characters", Request{Op: OpDeleteTap, Name: "bgtp;rm -rf"}, "only letters"},
+		{"open a foreign tap", Request{Op: OpOpenTap, Name: "eth0"}, "does not match"},
 		{"list with another prefix", Request{Op: OpListTaps, Prefix: "eth"}, "not the installed one"},
 		{"CIDR out of range", Request{Op: OpEnsureBridge, Bridge: "bgtestpriv0", CIDR: "10.0.0.0/8"}, "outside the installed range"},
 		{"CIDR wider than the range", Request{Op: OpEnsureBridge, Bridge: "bgtestpriv0", CIDR: "172.30.0.0/16"}, "outside the installed range"},
@@ -183,7 +185,9 @@ func TestHelperRefuses(t *testing.T) {
 		}
 	}
 	// Every refusal is logged with its reason.
-	log := h.logText()
+	log := h.waitFor(func(log string) bool {
+		return strings.Count(log, "msg=refused") >= len(cases) && strings.Count(log, "refused: malformed request") >= 2
+	})
 	if n := strings.Count(log, "msg=refused"); n != len(cases) {
 		t.Errorf("%d refusals logged, want %d; log:\n%s", n, len(cases), log)
 	}
@@ -235,8 +239,8 @@ func TestHelperChecksPeerUID(t *testing.T) {
 	if got := linksIn(t, h); len(got) != 1 {
 		t.Fatalf("links after a refused peer: %v", got)
 	}
-	if !strings.Contains(h.logText(), "refused: peer is not the owner") {
-		t.Errorf("refusal not logged:\n%s", h.logText())
+	if log := h.waitLog("refused: peer is not the owner"); !strings.Contains(log, "refused: peer is not the owner") {
+		t.Errorf("refusal not logged:\n%s", log)
 	}
 
 	// Owner nobody: nobody is served (and its tap is its own), root is not.
@@ -310,6 +314,20 @@ func TestHelperOperations(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+
+	// open_tap: a descriptor attached to the existing tap comes back.
+	tf, err := c.OpenTap(ctx, "bgtp01")
+	must("open tap", err)
+	ifr, err := unix.NewIfreq("")
+	must("ifreq", err)
+	must("TUNGETIFF", unix.IoctlIfreq(int(tf.Fd()), unix.TUNGETIFF, ifr))
+	if ifr.Name() != "bgtp01" || ifr.Uint16()&unix.IFF_TAP == 0 {
+		t.Fatalf("passed descriptor is attached to %q flags %#x, want tap bgtp01", ifr.Name(), ifr.Uint16())
+	}
+	tf.Close()
+	if _, err := c.OpenTap(ctx, "bgtp99"); err == nil || errors.Is(err, ErrRefused) {
+		t.Fatalf("open of a missing tap: %v, want an operation error", err)
 	}
 
 	vm := netfilter.VMRules{ID: "vm1", Name: "one", IP: netip.MustParseAddr("172.30.9.2"), Tap: "bgtp01", NAT: true}
@@ -406,8 +424,8 @@ func TestHelperOperations(t *testing.T) {
 	if got := linksIn(t, h); len(got) != 1 || got[0] != "lo" {
 		t.Fatalf("links after deleting: %v", got)
 	}
-	log := h.logText()
-	for _, op := range []string{OpEnsureBridge, OpCreateTap, OpRenameTap, OpListTaps, OpFirewallApply, OpFirewallReconcile,
+	log := h.waitLog("op=" + OpDeleteBridge)
+	for _, op := range []string{OpEnsureBridge, OpCreateTap, OpRenameTap, OpOpenTap, OpListTaps, OpFirewallApply, OpFirewallReconcile,
 		OpFirewallRemove, OpListenDNS, OpSignalVMM, OpFirewallTeardown, OpDeleteTap, OpDeleteBridge} {
 		if !strings.Contains(log, `msg="operation done" peer_uid=0`) || !strings.Contains(log, "op="+op) {
 			t.Errorf("operation %s not logged", op)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"sync"
 	"syscall"
@@ -29,6 +30,9 @@ type Local struct {
 	Firewall netfilter.Config
 	// TapOwner is the uid that may open the taps; -1: root only.
 	TapOwner int
+	// OpenTaps makes OpenTap open taps (the root helper); otherwise it
+	// returns nil and the VMM opens its tap by name.
+	OpenTaps bool
 
 	mu sync.Mutex
 	fw *netfilter.Manager
@@ -104,6 +108,41 @@ func (l *Local) RenameTap(_ context.Context, from, to string) error {
 		}
 	}
 	return nil
+}
+
+// OpenTap opens /dev/net/tun attached to the existing tap name (with the
+// flags it was created with), or returns nil, nil unless l.OpenTaps.
+func (l *Local) OpenTap(_ context.Context, name string) (*os.File, error) {
+	if !l.OpenTaps {
+		return nil, nil
+	}
+	if err := hostnet.ValidateName("tap", name); err != nil {
+		return nil, err
+	}
+	runtime.LockOSThread() // the tun device binds to the thread's namespace
+	defer runtime.UnlockOSThread()
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("open tap %q: %w", name, err)
+	}
+	if t, ok := link.(*netlink.Tuntap); !ok || t.Mode != netlink.TUNTAP_MODE_TAP {
+		return nil, fmt.Errorf("link %q is a %s device, not a tap; not opening it", name, link.Type())
+	}
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open tap %q: %w", name, err)
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	ifr.SetUint16(hostnet.TapFlags)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("open tap %q: TUNSETIFF: %w", name, err)
+	}
+	return os.NewFile(uintptr(fd), "tap:"+name), nil
 }
 
 func (l *Local) ListTaps(_ context.Context, prefix string) ([]string, error) {

@@ -166,6 +166,31 @@ func (h *helperEnv) logText() string {
 	return h.log.String()
 }
 
+// waitLog returns the helper's log once it contains every one of want
+// (the log crosses a pipe, so it lags the replies), or after 10 s.
+func (h *helperEnv) waitLog(want ...string) string {
+	return h.waitFor(func(log string) bool {
+		for _, w := range want {
+			if !strings.Contains(log, w) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// waitFor returns the helper's log once ok accepts it, or after 10 s.
+func (h *helperEnv) waitFor(ok func(log string) bool) string {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		log := h.logText()
+		if ok(log) || time.Now().After(deadline) {
+			return log
+		}
+		time.Sleep(10 * time.Millisecond) // poll the pipe's copy
+	}
+}
+
 func (h *helperEnv) client() *Client { return &Client{Socket: h.policy.SocketPath()} }
 
 // startHelper writes a policy for owner and starts the helper in a new

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"os"
 	"syscall"
 
 	"banger/internal/netfilter"
@@ -23,6 +24,11 @@ type Ops interface {
 	DeleteTap(ctx context.Context, name string) error
 	// RenameTap renames a tap (pooled taps get a VM's name).
 	RenameTap(ctx context.Context, from, to string) error
+	// OpenTap returns an open descriptor attached to an existing tap, for
+	// the VMM to inherit when it cannot open /dev/net/tun itself (an
+	// unprivileged daemon on a host where /dev/net/tun is 0600). nil, nil
+	// means "the VMM opens the tap by name" (the daemon runs as root).
+	OpenTap(ctx context.Context, name string) (*os.File, error)
 	// ListTaps lists the links whose name starts with the tap prefix.
 	ListTaps(ctx context.Context, prefix string) ([]string, error)
 	// FirewallApply installs (or updates) one VM's rules; sysctls follow.
@@ -58,6 +64,7 @@ const (
 	OpCreateTap         = "create_tap"
 	OpDeleteTap         = "delete_tap"
 	OpRenameTap         = "rename_tap"
+	OpOpenTap           = "open_tap"
 	OpListTaps          = "list_taps"
 	OpFirewallApply     = "firewall_apply"
 	OpFirewallRemove    = "firewall_remove"

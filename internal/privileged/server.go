@@ -185,6 +185,15 @@ func (s *Server) run(ctx context.Context, r Request) (Response, []*os.File, erro
 		err = s.Ops.DeleteTap(ctx, r.Name)
 	case OpRenameTap:
 		err = s.Ops.RenameTap(ctx, r.Name, r.NewName)
+	case OpOpenTap:
+		f, err := s.Ops.OpenTap(ctx, r.Name)
+		if err != nil {
+			return Response{}, nil, err
+		}
+		if f == nil {
+			return Response{}, nil, fmt.Errorf("open tap %q: this backend does not open taps", r.Name)
+		}
+		return Response{FDs: []string{"tap"}}, []*os.File{f}, nil
 	case OpListTaps:
 		taps, err := s.Ops.ListTaps(ctx, r.Prefix)
 		return Response{Taps: taps}, nil, err
@@ -235,5 +244,6 @@ func NewHelper(p Policy, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	l.OpenTaps = true // the owner's VMM may not be able to open /dev/net/tun
 	return &Server{Policy: p, Ops: l, Log: log}, nil
 }

@@ -114,6 +114,15 @@ func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *sta
 		if initrdPath, channel, err = s.agentBoot(im, v); err != nil {
 			return err
 		}
+		// An unprivileged daemon's VMM gets its tap as a descriptor from
+		// the root helper (nil: the VMM opens it by name).
+		tapFile, err := s.Host.OpenTap(ctx, v.Tap)
+		if err != nil {
+			return err
+		}
+		if tapFile != nil {
+			defer tapFile.Close() // the VMM holds its own copy once started
+		}
 		spec := vmm.Spec{
 			Name: v.Name, RunDir: v.Dir, Kernel: im.Kernel, Initrd: initrdPath, GuestChannel: channel, Cmdline: s.cmdline(*v),
 			VCPU: v.VCPU, MemoryMiB: v.MemoryMiB, ConsoleLog: consoleLog(*v),
@@ -121,7 +130,7 @@ func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *sta
 				{ID: "root", Path: dev, Format: vmm.DiskFormat(v.Root.Format), Root: true},
 				{ID: "work", Path: v.WorkPath, Format: vmm.FormatRaw},
 			},
-			NICs: []vmm.NIC{{ID: "net0", Tap: v.Tap, MAC: v.MAC}},
+			NICs: []vmm.NIC{{ID: "net0", Tap: v.Tap, MAC: v.MAC, File: tapFile}},
 		}
 		m, err = driver.Start(ctx, spec)
 		if err != nil {
