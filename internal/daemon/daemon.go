@@ -2,6 +2,12 @@
 // the store, picks the VMM driver and root disk backend, wires the services,
 // reconciles VMs left by an earlier daemon, and serves the RPC dispatch table
 // (handlers.go) on the Unix socket. Stopping the daemon never stops VMs.
+//
+// Root-only work (bridge, taps, nftables, port 53) goes through
+// privileged.Ops (chooseHost): in-process when bangerd runs as root, else
+// the root helper bangerd-root, whose socket is $BANGER_ROOT_HELPER or the
+// one in its installed policy; the daemon refuses to start when the helper
+// does not answer.
 package daemon
 
 import (

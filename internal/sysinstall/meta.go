@@ -9,10 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"banger/internal/paths"
 )
 
-// MetaFile is where the install metadata lives (inside Root).
-const MetaFile = "/etc/banger/install.json"
+// MetaFile is where the install metadata lives (inside Root); paths.Resolve
+// reads its owner to give that user the system layout.
+const MetaFile = paths.InstallMetadataFile
 
 // Metadata records an install: what it wrote and for whom. Paths are as
 // seen on the installed system (without the Root prefix).
