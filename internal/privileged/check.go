@@ -57,8 +57,8 @@ func Check(p Policy, r Request) error {
 		}
 	case OpListTaps:
 		want.Prefix = r.Prefix
-		if r.Prefix != p.tapPrefix() {
-			err = refuse("tap prefix %q is not the installed one (%q)", r.Prefix, p.tapPrefix())
+		if !strings.HasPrefix(r.Prefix, p.tapPrefix()) || hostnet.ValidateName("tap prefix", r.Prefix) != nil {
+			err = refuse("tap prefix %q does not start with the installed tap prefix %q", r.Prefix, p.tapPrefix())
 		}
 	case OpFirewallApply:
 		want.Rules = r.Rules

@@ -75,39 +75,9 @@ func (l *Local) CreateTap(_ context.Context, name, bridge string) error {
 
 func (l *Local) DeleteTap(_ context.Context, name string) error { return hostnet.DeleteTap(name) }
 
-// RenameTap renames a tap device. The link is taken down for the rename (the
-// kernel requires it) and brought up again if it was up.
+// RenameTap renames a tap, keeping it on its bridge and up (hostnet.RenameTap).
 func (l *Local) RenameTap(_ context.Context, from, to string) error {
-	if err := errors.Join(hostnet.ValidateName("tap", from), hostnet.ValidateName("tap", to)); err != nil {
-		return err
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	link, err := netlink.LinkByName(from)
-	if err != nil {
-		return fmt.Errorf("rename tap %q: %w", from, err)
-	}
-	if t, ok := link.(*netlink.Tuntap); !ok || t.Mode != netlink.TUNTAP_MODE_TAP {
-		return fmt.Errorf("link %q is a %s device, not a tap; not renaming it", from, link.Type())
-	}
-	up := link.Attrs().Flags&net.FlagUp != 0
-	if up {
-		if err := netlink.LinkSetDown(link); err != nil {
-			return fmt.Errorf("rename tap %q: set down: %w", from, err)
-		}
-	}
-	if err := netlink.LinkSetName(link, to); err != nil {
-		if up {
-			_ = netlink.LinkSetUp(link)
-		}
-		return fmt.Errorf("rename tap %q to %q: %w", from, to, err)
-	}
-	if up {
-		if err := netlink.LinkSetUp(link); err != nil {
-			return fmt.Errorf("rename tap %q to %q: set up: %w", from, to, err)
-		}
-	}
-	return nil
+	return hostnet.RenameTap(from, to)
 }
 
 // OpenTap opens /dev/net/tun attached to the existing tap name (with the
