@@ -8,6 +8,7 @@
 //	vm.go        banger vm create|start|stop|restart|kill|delete|list|show|set|prune
 //	vmio.go      banger vm logs|ssh
 //	progress.go  stage progress: live on a TTY, plain lines otherwise
+//	system.go    banger system install|status|uninstall (internal/sysinstall)
 package cli
 
 import (
@@ -64,7 +65,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(a.daemonCmd(), a.imageCmd(), a.vmCmd(), a.psCmd(), a.sshConfigCmd(), a.doctorCmd(), &cobra.Command{
+	root.AddCommand(a.daemonCmd(), a.imageCmd(), a.vmCmd(), a.psCmd(), a.sshConfigCmd(), a.doctorCmd(), a.systemCmd(), &cobra.Command{
 		Use: "version", Short: "Print the CLI version",
 		Run: func(*cobra.Command, []string) { fmt.Fprintln(a.stdout, "banger", api.Version) },
 	})

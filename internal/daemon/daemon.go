@@ -2,6 +2,12 @@
 // the store, picks the VMM driver and root disk backend, wires the services,
 // reconciles VMs left by an earlier daemon, and serves the RPC dispatch table
 // (handlers.go) on the Unix socket. Stopping the daemon never stops VMs.
+//
+// Root-only work (bridge, taps, nftables, port 53) goes through
+// privileged.Ops (chooseHost): in-process when bangerd runs as root, else
+// the root helper bangerd-root, whose socket is $BANGER_ROOT_HELPER or the
+// one in its installed policy; the daemon refuses to start when the helper
+// does not answer.
 package daemon
 
 import (
@@ -10,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -28,6 +35,7 @@ import (
 	"banger/internal/hostnet"
 	"banger/internal/netfilter"
 	"banger/internal/paths"
+	"banger/internal/privileged"
 	"banger/internal/resolved"
 	"banger/internal/rpc"
 	"banger/internal/store"
@@ -55,6 +63,7 @@ type Daemon struct {
 	dns     *dnsserver.Server // nil when off or failed to start
 	fw      *netfilter.Manager
 	taps    *hostnet.TapPool
+	host    privileged.Ops // root-only work: in-process as root, else the root helper
 	netCfg  hostnet.Config
 	server  *rpc.Server
 	started time.Time
@@ -149,19 +158,23 @@ func (d *Daemon) init(ctx context.Context) error {
 	if err := netCfg.Validate(); err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
-	fw, err := netfilter.New(netfilter.Config{Bridge: netCfg.Bridge, CIDR: netCfg.CIDR, TapPrefix: netCfg.TapPrefix,
-		AllowGuestToGuest: d.cfg.Network.GuestToGuest})
+	fw, err := netfilter.New(d.firewallConfig())
 	if err != nil {
 		return fmt.Errorf("firewall: %w", err)
 	}
-	taps, err := hostnet.NewTapPool(netCfg, d.cfg.Network.TapPool, hostnet.LinuxTapOps{Bridge: netCfg.Bridge, Owner: -1},
+	host, hostWhy, err := d.chooseHost(ctx)
+	if err != nil {
+		return err
+	}
+	d.log.Info("privileged operations", "backend", hostWhy)
+	taps, err := hostnet.NewTapPool(netCfg, d.cfg.Network.TapPool, privileged.TapOps{Ops: host, Bridge: netCfg.Bridge},
 		d.log.With("component", "tap-pool"))
 	if err != nil {
 		return fmt.Errorf("network.tap_pool: %w", err)
 	}
 	agentBin := d.findAgent()
 	deps := vm.Deps{Config: d.cfg, Paths: d.paths, Store: d.store, Driver: driver, Disk: backend, Agent: agentBin,
-		Keys: keys, Net: netCfg, Log: d.log, Firewall: fw, Taps: taps}
+		Keys: keys, Net: netCfg, Log: d.log, Host: host, Firewall: true, Taps: taps}
 	pf := newPreflight(doctor.NewEnv(d.paths))
 	deps.Preflight = func(ctx context.Context) error { return pf.run(ctx, VMChecks...) }
 	go pf.run(context.Background(), VMChecks...) // warm it: the first create need not wait for the checks
@@ -169,7 +182,8 @@ func (d *Daemon) init(ctx context.Context) error {
 		d.dns, err = dnsserver.New(dnsserver.Options{Logger: d.log.With("component", "dns"), Upstreams: d.cfg.Network.DNSUpstreams,
 			ReverseZones:   []netip.Prefix{netCfg.CIDR},
 			AllowedClients: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128"), netCfg.CIDR},
-			FreeBind:       true}) // the bridge address may not exist until the first VM boots
+			FreeBind:       true, // the bridge address may not exist until the first VM boots
+			Listen:         d.listenDNS(host, netCfg.Gateway())})
 		if err != nil {
 			return fmt.Errorf("dns: %w", err)
 		}
@@ -183,7 +197,7 @@ func (d *Daemon) init(ctx context.Context) error {
 	if err := d.vms.Reconcile(ctx); err != nil {
 		return err
 	}
-	d.fw, d.netCfg = fw, netCfg
+	d.fw, d.host, d.netCfg = fw, host, netCfg
 	if err := d.startFirewall(ctx, fw, netCfg); err != nil {
 		return err
 	}
@@ -198,14 +212,14 @@ func (d *Daemon) init(ctx context.Context) error {
 // rules of VMs that are gone are removed. Without it guests would not be
 // isolated, so a failure stops the daemon.
 func (d *Daemon) startFirewall(ctx context.Context, fw *netfilter.Manager, netCfg hostnet.Config) error {
-	if err := hostnet.EnsureBridge(netCfg); err != nil {
+	if err := d.host.EnsureBridge(ctx, netCfg.Bridge, netCfg.CIDR); err != nil {
 		return fmt.Errorf("bridge %s: %w", netCfg.Bridge, err)
 	}
 	rules, err := d.vms.RunningRules(ctx)
 	if err != nil {
 		return err
 	}
-	if err := fw.Reconcile(rules); err != nil {
+	if err := d.host.FirewallReconcile(ctx, rules); err != nil {
 		return fmt.Errorf("firewall (nftables table %q): %w; `banger doctor` checks nftables", fw.Table(), err)
 	}
 	d.log.Info("firewall ready", "table", fw.Table(), "vms", len(rules))
@@ -229,10 +243,10 @@ func (d *Daemon) cleanupHost(ctx context.Context) error {
 	if err := d.taps.Teardown(); err != nil {
 		return fmt.Errorf("remove pool taps: %w", err)
 	}
-	if err := d.fw.Teardown(); err != nil {
+	if err := d.host.FirewallTeardown(ctx); err != nil {
 		return fmt.Errorf("remove nftables tables: %w", err)
 	}
-	if err := hostnet.DeleteBridge(d.netCfg.Bridge); err != nil {
+	if err := d.host.DeleteBridge(ctx, d.netCfg.Bridge); err != nil {
 		return fmt.Errorf("delete bridge %s: %w", d.netCfg.Bridge, err)
 	}
 	d.log.Info("host cleaned up", "bridge", d.netCfg.Bridge, "table", d.fw.Table())
@@ -331,4 +345,47 @@ func (d *Daemon) probeKernel() string {
 		return ""
 	}
 	return ims[0].Kernel
+}
+
+// chooseHost picks the backend of the root-only operations: in-process when
+// bangerd runs as root, else the root helper (bangerd-root) on the socket
+// named by $BANGER_ROOT_HELPER or its installed policy, which must answer.
+func (d *Daemon) chooseHost(ctx context.Context) (privileged.Ops, string, error) {
+	if os.Geteuid() == 0 {
+		l, err := privileged.NewLocal(d.firewallConfig(), -1)
+		return l, "in-process (bangerd runs as root)", err
+	}
+	sock := os.Getenv("BANGER_ROOT_HELPER")
+	if sock == "" {
+		p, err := privileged.LoadPolicy(privileged.DefaultPolicyFile)
+		if err != nil {
+			return nil, "", fmt.Errorf("bangerd runs as uid %d without root, so it needs the root helper: %w", os.Geteuid(), err)
+		}
+		sock = p.SocketPath()
+	}
+	c := &privileged.Client{Socket: sock}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := c.Ping(pctx); err != nil {
+		return nil, "", fmt.Errorf("bangerd runs as uid %d without root and the root helper does not serve it: %w; `banger doctor` checks the helper", os.Geteuid(), err)
+	}
+	return c, "root helper at " + sock, nil
+}
+
+// firewallConfig is the daemon's nftables policy.
+func (d *Daemon) firewallConfig() netfilter.Config {
+	return netfilter.Config{Bridge: d.cfg.Network.Bridge, CIDR: d.cfg.CIDR(), TapPrefix: hostnet.DefaultTapPrefix,
+		AllowGuestToGuest: d.cfg.Network.GuestToGuest}
+}
+
+// listenDNS opens the DNS sockets of the bridge address through the
+// privileged backend (port 53 needs root); other addresses the DNS server
+// binds itself.
+func (d *Daemon) listenDNS(host privileged.Ops, gateway netip.Addr) func(context.Context, netip.AddrPort) (net.PacketConn, net.Listener, error) {
+	return func(ctx context.Context, ap netip.AddrPort) (net.PacketConn, net.Listener, error) {
+		if ap.Addr() != gateway {
+			return nil, nil, nil
+		}
+		return host.ListenDNS(ctx, ap)
+	}
 }

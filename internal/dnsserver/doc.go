@@ -9,6 +9,8 @@
 //	                             use, before or after Start; Replace rebuilds them
 //	Start, Addrs, Close          listen on several IP:port addresses, UDP and TCP
 //	                             each; port 0 picks one (Addrs reports it)
+//	Options.Listen, Bind         sockets opened elsewhere (port 53 from the root
+//	                             helper); Bind opens them as the server would
 //	BindError                    a failed bind, naming the address and the likely cause
 //
 // Answers from the records (authoritative, TTL Options.TTL, default 5s):

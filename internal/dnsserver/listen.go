@@ -50,6 +50,14 @@ func parseListenAddr(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
+// Bind opens the UDP socket and TCP listener of addr as the server would
+// (with IP_FREEBIND when freebind is set): the root helper uses it to open
+// port 53 on the bridge address for an unprivileged daemon.
+func Bind(ctx context.Context, addr netip.AddrPort, freebind bool) (net.PacketConn, net.Listener, error) {
+	pc, ln, _, err := bind(ctx, addr, freebind)
+	return pc, ln, err
+}
+
 // bind opens the UDP socket and the TCP listener of one address, on the
 // same port. With port 0 the UDP socket picks the port and the TCP listener
 // follows it (retrying with a new port if TCP's is taken).

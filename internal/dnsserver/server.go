@@ -69,6 +69,26 @@ type Options struct {
 	// is not on any interface yet (the bridge, before the first VM) can be
 	// bound; the server answers on it once the address appears.
 	FreeBind bool
+	// Listen, when set, opens the sockets of an address instead of the
+	// server binding them itself; it returns nil, nil, nil to let the
+	// server bind. An unprivileged daemon gets port 53 on the bridge
+	// address this way from its root helper.
+	Listen func(ctx context.Context, addr netip.AddrPort) (net.PacketConn, net.Listener, error)
+}
+
+// listen opens one address's sockets through Options.Listen or bind.
+func (s *Server) listen(ctx context.Context, ap netip.AddrPort) (net.PacketConn, net.Listener, netip.AddrPort, error) {
+	if s.opts.Listen != nil {
+		pc, ln, err := s.opts.Listen(ctx, ap)
+		if err != nil {
+			return nil, nil, ap, &BindError{Network: "udp+tcp", Addr: ap, Err: err}
+		}
+		if pc != nil && ln != nil {
+			ua := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+			return pc, ln, netip.AddrPortFrom(ua.Addr().Unmap(), ua.Port()), nil
+		}
+	}
+	return bind(ctx, ap, s.opts.FreeBind)
 }
 
 // Server is the DNS server. Create it with New, fill it with Set or Replace
@@ -249,7 +269,7 @@ func (s *Server) Start(ctx context.Context, addrs []string) error {
 	var socks []pair
 	var bound []netip.AddrPort
 	for _, ap := range want {
-		pc, ln, b, err := bind(ctx, ap, s.opts.FreeBind)
+		pc, ln, b, err := s.listen(ctx, ap)
 		if err != nil {
 			for _, p := range socks {
 				p.pc.Close()

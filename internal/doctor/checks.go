@@ -40,6 +40,7 @@ func Checks() []Check {
 		{Name: "ssh-key", Run: checkSSHKey},
 		{Name: "daemon", Timeout: 5 * time.Second, Run: checkDaemon},
 		{Name: "bangerd", Run: checkBangerd},
+		{Name: "root-helper", Timeout: 5 * time.Second, Run: checkRootHelper},
 		{Name: "ssh", Run: checkSSH},
 		{Name: "ssh-config", Run: checkSSHConfig},
 		{Name: "git", Run: checkGit},

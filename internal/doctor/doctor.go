@@ -11,6 +11,7 @@
 //	accel.go    accelerator (the QEMU driver's KVM probe), VMM choice, Firecracker
 //	network.go  bridge/CIDR conflicts, tun, nftables
 //	state.go    config, store, images, SSH key, daemon, ssh-config
+//	helper.go   the root helper, when not running as root
 package doctor
 
 import (
@@ -74,6 +75,11 @@ type Env struct {
 	Executable string
 	// Resolver is how systemd-resolved is reached (zero: the real host).
 	Resolver resolved.Host
+	// UID is the user the daemon would run as (the effective uid).
+	UID int
+	// HelperPolicy is the root helper's policy file
+	// (privileged.DefaultPolicyFile when empty).
+	HelperPolicy string
 
 	// facts caches what several checks read (config, store); Run fills it.
 	facts *facts
@@ -83,7 +89,7 @@ type Env struct {
 func NewEnv(l paths.Layout) Env {
 	home, _ := os.UserHomeDir()
 	exe, _ := os.Executable()
-	return Env{ConfigPath: l.ConfigFile(), Layout: l, LookPath: exec.LookPath, Home: home, Executable: exe}
+	return Env{ConfigPath: l.ConfigFile(), Layout: l, LookPath: exec.LookPath, Home: home, Executable: exe, UID: os.Geteuid()}
 }
 
 // LookPathIn returns a LookPath that searches the given PATH list (a

@@ -8,10 +8,13 @@
 //	run     $XDG_RUNTIME_DIR/banger, else <state>/run         bangerd.sock
 //
 // A system service (BANGER_SYSTEM=1 or bangerd --system) uses /etc/banger,
-// /var/lib/banger, /var/cache/banger and /run/banger.
+// /var/lib/banger, /var/cache/banger and /run/banger. So does the owner
+// named by `banger system install` (InstallMetadataFile), whose CLI then
+// talks to the system daemon; BANGER_SYSTEM=0 opts out.
 package paths
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -26,10 +29,31 @@ type Layout struct {
 	RunDir    string
 }
 
-// Resolve returns the layout for the current user or, when system is true,
-// for the system service.
+// InstallMetadataFile is where `banger system install` records the install
+// (internal/sysinstall); Resolve reads its owner_uid.
+const InstallMetadataFile = "/etc/banger/install.json"
+
+// installMetadata is InstallMetadataFile (tests point it elsewhere).
+var installMetadata = InstallMetadataFile
+
+// installedOwner reports whether a system install names uid as its owner.
+func installedOwner(uid int) bool {
+	b, err := os.ReadFile(installMetadata)
+	if err != nil {
+		return false
+	}
+	var m struct {
+		OwnerUID *int `json:"owner_uid"`
+	}
+	return json.Unmarshal(b, &m) == nil && m.OwnerUID != nil && *m.OwnerUID == uid
+}
+
+// Resolve returns the layout for the current user or, when system is true
+// (or BANGER_SYSTEM=1, or the user is the installed owner), for the system
+// service.
 func Resolve(system bool) (Layout, error) {
-	if system || os.Getenv("BANGER_SYSTEM") == "1" {
+	env := os.Getenv("BANGER_SYSTEM")
+	if system || env == "1" || (env != "0" && installedOwner(os.Getuid())) {
 		return Layout{System: true, ConfigDir: "/etc/banger", StateDir: "/var/lib/banger",
 			CacheDir: "/var/cache/banger", RunDir: "/run/banger"}, nil
 	}

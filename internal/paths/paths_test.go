@@ -3,6 +3,7 @@ package paths
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -239,5 +240,38 @@ func TestEnsureReportsFailure(t *testing.T) {
 	l := resolveUser(t)
 	if err := l.Ensure(); err == nil {
 		t.Fatalf("Ensure under a regular file %s succeeded", blocker)
+	}
+}
+
+// TestInstalledOwnerGetsSystemLayout: the owner named in the install
+// metadata resolves to the system layout (its CLI reaches the system
+// daemon), another user does not, and BANGER_SYSTEM=0 opts out.
+func TestInstalledOwnerGetsSystemLayout(t *testing.T) {
+	userEnv(t)
+	meta := filepath.Join(t.TempDir(), "install.json")
+	old := installMetadata
+	installMetadata = meta
+	t.Cleanup(func() { installMetadata = old })
+
+	if l := resolveUser(t); l.System {
+		t.Fatal("no install: system layout")
+	}
+	write := func(uid int) {
+		if err := os.WriteFile(meta, []byte(`{"owner":"x","owner_uid":`+strconv.Itoa(uid)+`}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(os.Getuid() + 1)
+	if l := resolveUser(t); l.System {
+		t.Fatal("install for another uid: system layout")
+	}
+	write(os.Getuid())
+	l, err := Resolve(false)
+	if err != nil || !l.System || l.Socket() != "/run/banger/bangerd.sock" {
+		t.Fatalf("installed owner: %+v %v", l, err)
+	}
+	t.Setenv("BANGER_SYSTEM", "0")
+	if l := resolveUser(t); l.System {
+		t.Fatal("BANGER_SYSTEM=0: system layout")
 	}
 }

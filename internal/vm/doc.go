@@ -1,8 +1,10 @@
 // Package vm orchestrates VM lifecycles: create (an asynchronous operation
 // with named stages and rollback), start, stop, restart, kill, delete, set,
 // prune, and reconcile on daemon start. It composes stateless helpers:
-// store (durable intent), disk (root and work disks), hostnet (bridge and
-// taps), vmm drivers (the machine), guest (SSH readiness and commands).
+// store (durable intent), disk (root and work disks), Deps.Host (the
+// root-only work — bridge, taps, firewall — through privileged.Ops, in-process
+// or via the root helper), vmm drivers (the machine), guest (SSH readiness
+// and commands).
 //
 // Files:
 //

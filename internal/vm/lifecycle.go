@@ -18,7 +18,6 @@ import (
 	"banger/internal/api"
 	"banger/internal/disk"
 	"banger/internal/guest"
-	"banger/internal/hostnet"
 	"banger/internal/initrd"
 	"banger/internal/rpc"
 	"banger/internal/store"
@@ -81,24 +80,24 @@ func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *sta
 		}
 	}()
 	if err := st.run(ctx, StageNetwork, func() error {
-		if err := hostnet.EnsureBridge(s.Net); err != nil {
+		if err := s.Host.EnsureBridge(ctx, s.Net.Bridge, s.Net.CIDR); err != nil {
 			return err
 		}
-		undo.push("delete tap "+v.Tap, func(context.Context) error { return hostnet.DeleteTap(v.Tap) })
+		undo.push("delete tap "+v.Tap, func(ctx context.Context) error { return s.Host.DeleteTap(ctx, v.Tap) })
 		if !s.Taps.Take(v.Tap) {
-			if err := hostnet.CreateTap(v.Tap, s.Net.Bridge, -1); err != nil {
+			if err := s.Host.CreateTap(ctx, v.Tap, s.Net.Bridge); err != nil {
 				return err
 			}
 		}
-		if s.Firewall == nil {
+		if !s.Firewall {
 			return nil
 		}
 		rules, err := firewallRules(*v)
 		if err != nil {
 			return err
 		}
-		undo.push("remove firewall rules", func(context.Context) error { return s.Firewall.Remove(v.ID) })
-		return s.Firewall.Apply(rules)
+		undo.push("remove firewall rules", func(ctx context.Context) error { return s.Host.FirewallRemove(ctx, v.ID) })
+		return s.Host.FirewallApply(ctx, rules)
 	}); err != nil {
 		return err
 	}
@@ -115,6 +114,15 @@ func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *sta
 		if initrdPath, channel, err = s.agentBoot(im, v); err != nil {
 			return err
 		}
+		// An unprivileged daemon's VMM gets its tap as a descriptor from
+		// the root helper (nil: the VMM opens it by name).
+		tapFile, err := s.Host.OpenTap(ctx, v.Tap)
+		if err != nil {
+			return err
+		}
+		if tapFile != nil {
+			defer tapFile.Close() // the VMM holds its own copy once started
+		}
 		spec := vmm.Spec{
 			Name: v.Name, RunDir: v.Dir, Kernel: im.Kernel, Initrd: initrdPath, GuestChannel: channel, Cmdline: s.cmdline(*v),
 			VCPU: v.VCPU, MemoryMiB: v.MemoryMiB, ConsoleLog: consoleLog(*v),
@@ -122,7 +130,7 @@ func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *sta
 				{ID: "root", Path: dev, Format: vmm.DiskFormat(v.Root.Format), Root: true},
 				{ID: "work", Path: v.WorkPath, Format: vmm.FormatRaw},
 			},
-			NICs: []vmm.NIC{{ID: "net0", Tap: v.Tap, MAC: v.MAC}},
+			NICs: []vmm.NIC{{ID: "net0", Tap: v.Tap, MAC: v.MAC, File: tapFile}},
 		}
 		m, err = driver.Start(ctx, spec)
 		if err != nil {
@@ -312,18 +320,18 @@ func (s *Service) releaseRuntime(v *store.VM) error {
 		s.Names.Remove(v.Name)
 	}
 	var errs []error
-	if s.Firewall != nil {
-		if err := s.Firewall.Remove(v.ID); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if s.Firewall {
+		if err := s.Host.FirewallRemove(ctx, v.ID); err != nil {
 			errs = append(errs, fmt.Errorf("firewall: %w", err))
 		}
 	}
-	if err := hostnet.DeleteTap(v.Tap); err != nil {
+	if err := s.Host.DeleteTap(ctx, v.Tap); err != nil {
 		errs = append(errs, err)
 	}
 	if b, err := s.backendFor(*v); err == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		errs = append(errs, b.Deactivate(ctx, v.Root))
-		cancel()
 	}
 	v.State = api.StateStopped
 	v.Handle = nil

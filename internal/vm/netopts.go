@@ -79,12 +79,12 @@ func (s *Service) SetNetwork(ctx context.Context, p api.VMNetworkParams) (api.VM
 			next.Publish = append(next.Publish, pm.String())
 		}
 	}
-	if next.State == api.StateRunning && s.Firewall != nil {
+	if next.State == api.StateRunning && s.Firewall {
 		rules, err := firewallRules(next)
 		if err != nil {
 			return api.VM{}, err
 		}
-		if err := s.Firewall.Apply(rules); err != nil {
+		if err := s.Host.FirewallApply(ctx, rules); err != nil {
 			return api.VM{}, err
 		}
 	}

@@ -97,7 +97,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		switch {
 		case v.State == api.StateCreating:
 			s.Log.Warn("rolling back a create interrupted by a daemon exit", "vm", v.Name)
-			errs := []error{hostnet.DeleteTap(v.Tap)}
+			errs := []error{s.Host.DeleteTap(ctx, v.Tap)}
 			if v.Handle != nil {
 				if d, err := s.driverFor(v); err == nil {
 					if m, err := d.Adopt(ctx, *v.Handle); err == nil {
@@ -152,11 +152,11 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	if prefix == "" {
 		prefix = hostnet.DefaultTapPrefix
 	}
-	if links, err := hostnet.ListLinks(prefix); err == nil {
+	if links, err := s.Host.ListTaps(ctx, prefix); err == nil {
 		for _, l := range links {
 			if !keepTaps[l] && !s.Net.IsPoolTap(l) {
 				s.Log.Warn("removing leftover tap", "tap", l)
-				hostnet.DeleteTap(l)
+				s.Host.DeleteTap(ctx, l)
 			}
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"banger/internal/hostnet"
 	"banger/internal/netfilter"
 	"banger/internal/paths"
+	"banger/internal/privileged"
 	"banger/internal/rpc"
 	"banger/internal/store"
 	"banger/internal/vmm"
@@ -33,9 +34,14 @@ type Deps struct {
 	// Disk is the root disk backend for new VMs.
 	Disk disk.Backend
 	Keys *guest.Keys
-	// Firewall holds each running VM's NAT and published ports and the
-	// guests' isolation (nil: no firewall, e.g. in unit tests).
-	Firewall *netfilter.Manager
+	// Host does the root-only host work of a VM's life: the bridge, its
+	// tap and, when Firewall is set, its nftables rules. The daemon gives
+	// privileged.Local when it runs as root and the root helper's client
+	// otherwise; nil means a privileged.Local without firewall.
+	Host privileged.Ops
+	// Firewall applies each running VM's NAT and published ports and the
+	// guests' isolation through Host (false: no firewall, e.g. in unit tests).
+	Firewall bool
 	// Preflight checks the host can run a VM before a create or start
 	// makes anything (nil: no checks); its error goes to the caller as is.
 	Preflight func(ctx context.Context) error
@@ -75,6 +81,9 @@ type Service struct {
 
 // New returns a Service. Call Reconcile before serving requests.
 func New(d Deps) *Service {
+	if d.Host == nil {
+		d.Host = &privileged.Local{TapOwner: -1}
+	}
 	return &Service{Deps: d, ops: newOpTable(), locks: map[string]chan struct{}{}, live: map[string]vmm.Machine{}, agents: map[string]*agent.Client{}}
 }
 

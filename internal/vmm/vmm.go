@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"syscall"
 )
 
@@ -53,6 +54,11 @@ type NIC struct {
 	ID  string // short identifier
 	Tap string // host tap device name
 	MAC string // guest MAC address, aa:bb:cc:dd:ee:ff
+	// File, when set, is a descriptor already attached to the tap (from
+	// the root helper, for a daemon that cannot open /dev/net/tun): the
+	// VMM inherits it instead of opening the tap by name. The caller
+	// closes it after Start. QEMU only.
+	File *os.File
 }
 
 // Spec is everything a driver needs to start a machine.

@@ -29,18 +29,20 @@ type env struct {
 	ns   string
 	home string
 	vars []string
+	wrap []string
 }
 
 type envOpts struct {
 	config string   // extra config.toml content
 	vars   []string // extra environment for the CLI (and so the daemon)
+	wrap   []string // a command the CLI runs under inside the namespace (e.g. setpriv to another uid)
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
 	t.Helper()
 	b := make([]byte, 4)
 	rand.Read(b)
-	e := &env{t: t, ns: nsPrefix + hex.EncodeToString(b)}
+	e := &env{t: t, ns: nsPrefix + hex.EncodeToString(b), wrap: o.wrap}
 	e.home = filepath.Join(testRoot, e.ns)
 	for _, d := range []string{"config/banger", "state", "cache", "run"} {
 		if err := os.MkdirAll(filepath.Join(e.home, d), 0o700); err != nil {
@@ -143,7 +145,8 @@ func (e *env) links(prefix string) []string {
 
 // cmd builds a CLI command running inside the scenario's namespace.
 func (e *env) cmd(args ...string) *exec.Cmd {
-	c := exec.Command("ip", append([]string{"netns", "exec", e.ns, filepath.Join(binDir, "banger")}, args...)...)
+	argv := append(append([]string{"netns", "exec", e.ns}, e.wrap...), filepath.Join(binDir, "banger"))
+	c := exec.Command("ip", append(argv, args...)...)
 	c.Env = append(os.Environ(), e.vars...)
 	return c
 }

@@ -52,7 +52,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	binDir = filepath.Join(testRoot, "bin")
-	build := exec.Command("go", "build", "-o", binDir+"/", "./cmd/banger", "./cmd/bangerd")
+	build := exec.Command("go", "build", "-o", binDir+"/", "./cmd/banger", "./cmd/bangerd", "./cmd/bangerd-root", "./test/e2e/helperclient")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: build: %v\n%s", err, out)

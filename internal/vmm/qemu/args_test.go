@@ -199,6 +199,17 @@ func TestArgsDrivesAndNICs(t *testing.T) {
 	if got := values(a, "-netdev"); !slices.Equal(got, wantNetdevs) {
 		t.Errorf("-netdev\n%q\nwant\n%q", got, wantNetdevs)
 	}
+	// A NIC with a descriptor (from the root helper) is passed by fd, in
+	// the order the descriptors are inherited (3 onwards).
+	fdSpec := spec
+	fdSpec.NICs = []vmm.NIC{spec.NICs[0], {ID: "net1", Tap: "bgtap1", MAC: "02:42:0a:d5:00:03", File: os.Stdin}}
+	wantFD := []string{"tap,id=net0,ifname=bgtap0,script=no,downscript=no", "tap,id=net1,fd=3"}
+	if got := values(mustArgs(t, fdSpec, "tcg"), "-netdev"); !slices.Equal(got, wantFD) {
+		t.Errorf("-netdev with a descriptor\n%q\nwant\n%q", got, wantFD)
+	}
+	if fs := nicFiles(fdSpec); len(fs) != 1 || fs[0] != os.Stdin {
+		t.Errorf("nicFiles %v", fs)
+	}
 	// Devices in order: disks (so root is /dev/vda), NICs, then the agent port.
 	wantDevices := []string{
 		"virtio-blk-device,drive=root",

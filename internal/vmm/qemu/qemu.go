@@ -105,9 +105,14 @@ func (d *Driver) Args(spec vmm.Spec, accel string) ([]string, error) {
 		}
 		a = append(a, "-drive", opt, "-device", "virtio-blk-device,drive="+dr.ID)
 	}
+	fd := 3 // inherited descriptors follow stdin, stdout, stderr (see nicFiles)
 	for _, n := range spec.NICs {
-		a = append(a, "-netdev", "tap,id="+n.ID+",ifname="+n.Tap+",script=no,downscript=no",
-			"-device", "virtio-net-device,netdev="+n.ID+",mac="+n.MAC)
+		netdev := "tap,id=" + n.ID + ",ifname=" + n.Tap + ",script=no,downscript=no"
+		if n.File != nil {
+			netdev = "tap,id=" + n.ID + ",fd=" + strconv.Itoa(fd)
+			fd++
+		}
+		a = append(a, "-netdev", netdev, "-device", "virtio-net-device,netdev="+n.ID+",mac="+n.MAC)
 	}
 	if spec.GuestChannel != "" {
 		a = append(a, "-device", "virtio-serial-device",
@@ -120,6 +125,17 @@ func (d *Driver) Args(spec vmm.Spec, accel string) ([]string, error) {
 		"-qmp", "unix:"+escapeOpt(d.qmpPath(spec))+",server=on,wait=off",
 	)
 	return a, nil
+}
+
+// nicFiles are the NICs' tap descriptors, in the order Args numbers them.
+func nicFiles(spec vmm.Spec) []*os.File {
+	var fs []*os.File
+	for _, n := range spec.NICs {
+		if n.File != nil {
+			fs = append(fs, n.File)
+		}
+	}
+	return fs
 }
 
 // escapeOpt doubles commas, QEMU's escape inside option values.
@@ -136,7 +152,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	_ = os.Remove(sock)
 	logPath := filepath.Join(spec.RunDir, "vmm.log")
 	d.o.Log.Debug("launch qemu", "vm", spec.Name, "argv", argv)
-	p, err := proc.Start(argv, logPath, escapeOpt(sock)) // the marker as it appears in argv
+	p, err := proc.Start(argv, logPath, escapeOpt(sock), nicFiles(spec)...) // the marker as it appears in argv
 	if err != nil {
 		return nil, err
 	}
