@@ -2,7 +2,6 @@ package kernel
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
@@ -20,46 +19,6 @@ import (
 )
 
 const release = "6.1.0-test-amd64"
-
-// fakeBzImage writes a file with an x86 boot setup header announcing rel.
-func fakeBzImage(t *testing.T, path, rel string) {
-	t.Helper()
-	b := make([]byte, 0x400)
-	copy(b[0x202:], "HdrS")
-	binary.LittleEndian.PutUint16(b[0x20E:], 0x100) // kernel_version at 0x100+0x200
-	copy(b[0x300:], rel+" (test@banger) #1 SMP\x00")
-	os.MkdirAll(filepath.Dir(path), 0o755)
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// fakeModules writes a modules tree with every module banger's initramfs
-// loads (virtio_rng as virtio-rng.ko, vsock with its dependencies).
-func fakeModules(t *testing.T, dir string, skip string) {
-	t.Helper()
-	mods := map[string]string{
-		"kernel/drivers/virtio/virtio_ring.ko":                      "",
-		"kernel/drivers/virtio/virtio.ko":                           "virtio_ring",
-		"kernel/drivers/virtio/virtio_mmio.ko":                      "virtio,virtio_ring",
-		"kernel/drivers/virtio/virtio_pci.ko":                       "virtio,virtio_ring",
-		"kernel/drivers/block/virtio_blk.ko":                        "virtio,virtio_ring",
-		"kernel/drivers/net/virtio_net.ko":                          "virtio,virtio_ring",
-		"kernel/drivers/char/virtio_console.ko":                     "virtio,virtio_ring",
-		"kernel/drivers/char/hw_random/virtio-rng.ko":               "virtio,virtio_ring",
-		"kernel/net/vmw_vsock/vsock.ko":                             "",
-		"kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko": "vsock",
-		"kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko":        "vmw_vsock_virtio_transport_common,vsock,virtio,virtio_ring",
-	}
-	for rel, deps := range mods {
-		if strings.Contains(rel, skip) && skip != "" {
-			continue
-		}
-		kmodtest.WriteModule(t, filepath.Join(dir, rel), "depends="+deps)
-	}
-	os.WriteFile(filepath.Join(dir, "modules.builtin"), []byte("kernel/fs/ext4/ext4.ko\n"), 0o644)
-	os.Symlink("/usr/src/linux-headers-"+release, filepath.Join(dir, "build")) // skipped by the copy
-}
 
 func newStore(t *testing.T) *Store {
 	t.Helper()
@@ -90,8 +49,8 @@ func TestImportFilesAndRemove(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
 	src := t.TempDir()
-	fakeBzImage(t, filepath.Join(src, "vmlinuz"), release)
-	fakeModules(t, filepath.Join(src, "lib/modules", release), "")
+	kmodtest.WriteBzImage(t, filepath.Join(src, "vmlinuz"), release)
+	kmodtest.WriteGuestModules(t, filepath.Join(src, "lib/modules", release), "")
 
 	var stages []string
 	report := func(st api.Stage) {
@@ -163,10 +122,10 @@ func TestImportRefusesBadInput(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
 	src := t.TempDir()
-	fakeBzImage(t, filepath.Join(src, "vmlinuz"), release)
-	fakeBzImage(t, filepath.Join(src, "vmlinuz-other"), "6.9.9-other")
-	fakeModules(t, filepath.Join(src, "good", release), "")
-	fakeModules(t, filepath.Join(src, "novirtioblk", release), "virtio_blk")
+	kmodtest.WriteBzImage(t, filepath.Join(src, "vmlinuz"), release)
+	kmodtest.WriteBzImage(t, filepath.Join(src, "vmlinuz-other"), "6.9.9-other")
+	kmodtest.WriteGuestModules(t, filepath.Join(src, "good", release), "")
+	kmodtest.WriteGuestModules(t, filepath.Join(src, "novirtioblk", release), "virtio_blk")
 	os.WriteFile(filepath.Join(src, "notakernel"), []byte("hello"), 0o644)
 	kernel := filepath.Join(src, "vmlinuz")
 	good := filepath.Join(src, "good", release)
@@ -209,8 +168,8 @@ func TestImportDeb(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
 	pkg := filepath.Join(t.TempDir(), "pkg")
-	fakeBzImage(t, filepath.Join(pkg, "boot/vmlinuz-"+release), release)
-	fakeModules(t, filepath.Join(pkg, "lib/modules", release), "")
+	kmodtest.WriteBzImage(t, filepath.Join(pkg, "boot/vmlinuz-"+release), release)
+	kmodtest.WriteGuestModules(t, filepath.Join(pkg, "lib/modules", release), "")
 	os.MkdirAll(filepath.Join(pkg, "DEBIAN"), 0o755)
 	os.WriteFile(filepath.Join(pkg, "DEBIAN/control"), []byte("Package: linux-image-test\nVersion: 1.0\nArchitecture: amd64\nMaintainer: t <t@example.invalid>\nDescription: test kernel\n"), 0o644)
 	deb := filepath.Join(t.TempDir(), "linux-image-test_1.0_amd64.deb")

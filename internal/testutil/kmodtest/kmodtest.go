@@ -1,5 +1,6 @@
-// Package kmodtest writes fake kernel modules for tests: real ELF files
-// with a .modinfo section, all that module tooling reads.
+// Package kmodtest writes fake kernels for tests: modules that are real ELF
+// files with a .modinfo section (all that module tooling reads), a modules
+// tree with what banger's initramfs loads, and a bzImage setup header.
 package kmodtest
 
 import (
@@ -64,4 +65,45 @@ func WriteModule(t *testing.T, path string, modinfo ...string) {
 	if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// WriteBzImage writes a file with an x86 boot setup header announcing rel.
+func WriteBzImage(t *testing.T, path, rel string) {
+	t.Helper()
+	b := make([]byte, 0x400)
+	copy(b[0x202:], "HdrS")
+	binary.LittleEndian.PutUint16(b[0x20E:], 0x100) // kernel_version at 0x100+0x200
+	copy(b[0x300:], rel+" (test@banger) #1 SMP\x00")
+	os.MkdirAll(filepath.Dir(path), 0o755)
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// WriteGuestModules writes a lib/modules/RELEASE tree with every module
+// banger's initramfs loads (virtio_rng as virtio-rng.ko, vsock with its
+// dependencies), except those whose path contains skip (when not "").
+func WriteGuestModules(t *testing.T, dir string, skip string) {
+	t.Helper()
+	mods := map[string]string{
+		"kernel/drivers/virtio/virtio_ring.ko":                      "",
+		"kernel/drivers/virtio/virtio.ko":                           "virtio_ring",
+		"kernel/drivers/virtio/virtio_mmio.ko":                      "virtio,virtio_ring",
+		"kernel/drivers/virtio/virtio_pci.ko":                       "virtio,virtio_ring",
+		"kernel/drivers/block/virtio_blk.ko":                        "virtio,virtio_ring",
+		"kernel/drivers/net/virtio_net.ko":                          "virtio,virtio_ring",
+		"kernel/drivers/char/virtio_console.ko":                     "virtio,virtio_ring",
+		"kernel/drivers/char/hw_random/virtio-rng.ko":               "virtio,virtio_ring",
+		"kernel/net/vmw_vsock/vsock.ko":                             "",
+		"kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko": "vsock",
+		"kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko":        "vmw_vsock_virtio_transport_common,vsock,virtio,virtio_ring",
+	}
+	for rel, deps := range mods {
+		if strings.Contains(rel, skip) && skip != "" {
+			continue
+		}
+		WriteModule(t, filepath.Join(dir, rel), "depends="+deps)
+	}
+	os.WriteFile(filepath.Join(dir, "modules.builtin"), []byte("kernel/fs/ext4/ext4.ko\n"), 0o644)
+	os.Symlink("/usr/src/linux-headers", filepath.Join(dir, "build")) // as installed trees have
 }
