@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/initrd"
+	"banger/internal/vmm/qemu"
 )
 
 // busyboxRootfs builds, without mounting anything, an ext4 root filesystem
@@ -264,4 +267,50 @@ func TestKernelPull(t *testing.T) {
 	if _, err := os.Stat(k.Kernel); !os.IsNotExist(err) {
 		t.Fatalf("kernel files remain after rm: %v", err)
 	}
+}
+
+// TestInitFatalPowersOff boots banger's initramfs straight under QEMU with
+// a root device that never appears: banger-init must say why on the
+// console and power the machine off, so QEMU exits by itself.
+func TestInitFatalPowersOff(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	release, err := os.ReadFile(filepath.Join(guestDir, "kernel-release"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := initrd.Build(dir, initrd.Spec{Init: filepath.Join(binDir, "banger-init"),
+		Modules: filepath.Join(guestDir, "modules", strings.TrimSpace(string(release)))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	khz, err := qemu.HostTSCkHz()
+	if err != nil {
+		t.Fatal(err)
+	}
+	console := filepath.Join(dir, "console.log")
+	cmd := exec.Command("qemu-system-x86_64", "-M", "microvm", "-accel", "tcg", "-m", "256", "-smp", "1",
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-kernel", filepath.Join(guestDir, "vmlinuz"), "-initrd", img,
+		"-append", fmt.Sprintf("console=ttyS0 root=/dev/vdz panic=-1 tsc_early_khz=%d tsc=reliable banger.hostname=fatal", khz),
+		"-serial", "file:"+console)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("QEMU: %v", err)
+		}
+	case <-time.After(90 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		b, _ := os.ReadFile(console)
+		t.Fatalf("the guest did not power off after a fatal error; console:\n%s", lastLines(string(b), 20))
+	}
+	b, _ := os.ReadFile(console)
+	assertContains(t, "console", string(b), "banger-init: FATAL: root device /dev/vdz did not appear within 10s")
+	assertContains(t, "console", string(b), "banger-init: powering off")
 }
