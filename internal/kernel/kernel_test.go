@@ -225,3 +225,28 @@ func TestFetchCache(t *testing.T) {
 		t.Fatalf("download directories left: %v", left)
 	}
 }
+
+// Canceling an import after any stage leaves no kernel, row or staging.
+func TestImportCanceledMidway(t *testing.T) {
+	src := t.TempDir()
+	kmodtest.WriteBzImage(t, filepath.Join(src, "vmlinuz"), release)
+	kmodtest.WriteGuestModules(t, filepath.Join(src, release), "")
+	for _, at := range []string{StageCopy, StageCheck} {
+		s := newStore(t)
+		ctx, cancel := context.WithCancel(context.Background())
+		report := func(st api.Stage) {
+			if st.Name == at && st.State == "done" {
+				cancel()
+			}
+		}
+		_, err := s.Import(ctx, "k", Source{Kernel: filepath.Join(src, "vmlinuz"), Modules: filepath.Join(src, release)}, false, report)
+		cancel()
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("canceled after %s: %v", at, err)
+		}
+		storeClean(t, s)
+		if ks, _ := s.List(context.Background()); len(ks) != 0 {
+			t.Fatalf("rows after a canceled import: %+v", ks)
+		}
+	}
+}
