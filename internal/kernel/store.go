@@ -54,15 +54,16 @@ type Source struct {
 // Reporter receives stage updates.
 type Reporter func(api.Stage)
 
-// step runs fn as a reported stage.
-func step(ctx context.Context, report Reporter, name string, fn func() error) error {
+// step runs fn as a reported stage; detail (what fn says it did) goes
+// with the stage's end.
+func step(ctx context.Context, report Reporter, name string, fn func() (detail string, err error)) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	report(api.Stage{Name: name, State: "running"})
 	start := time.Now()
-	err := fn()
-	st := api.Stage{Name: name, State: "done", DurationMS: float64(time.Since(start).Microseconds()) / 1000}
+	detail, err := fn()
+	st := api.Stage{Name: name, State: "done", Detail: detail, DurationMS: float64(time.Since(start).Microseconds()) / 1000}
 	if err != nil {
 		st.State, st.Detail = "failed", err.Error()
 	}
@@ -123,14 +124,14 @@ func (s *Store) importLocked(ctx context.Context, name string, src Source, force
 
 	image, modules := src.Kernel, src.Modules
 	if src.Deb != "" {
-		if err := step(ctx, report, StageUnpack, func() error {
+		if err := step(ctx, report, StageUnpack, func() (string, error) {
 			var err error
 			var debImage string
 			debImage, modules, err = unpackDeb(ctx, src.Deb, filepath.Join(stage, "deb"))
 			if image == "" {
 				image = debImage
 			}
-			return err
+			return "", err
 		}); err != nil {
 			return store.Kernel{}, err
 		}
@@ -143,73 +144,73 @@ func (s *Store) importLocked(ctx context.Context, name string, src Source, force
 		}
 	}
 	out := filepath.Join(stage, "kernel")
-	if err := step(ctx, report, StageCopy, func() error {
+	if err := step(ctx, report, StageCopy, func() (string, error) {
 		f, err := os.Open(image)
 		if err != nil {
-			return invalid("--kernel: %v", err)
+			return "", invalid("--kernel: %v", err)
 		}
 		err = CheckImage(f)
 		f.Close()
 		if err != nil {
-			return invalid("--kernel %s: %v", image, err)
+			return "", invalid("--kernel %s: %v", image, err)
 		}
 		tree, release, err := modulesRelease(modules)
 		if err != nil {
-			return invalid("%v", err)
+			return "", invalid("%v", err)
 		}
 		if r := BzImageRelease(image); r != "" && r != release {
-			return invalid("the kernel is %s but the modules are for %s", r, release)
+			return "", invalid("the kernel is %s but the modules are for %s", r, release)
 		}
 		k.Release = release
 		if err := os.MkdirAll(filepath.Join(out, "modules"), 0o755); err != nil {
-			return err
+			return "", err
 		}
 		n, err := copyFile(image, filepath.Join(out, "vmlinuz"), 0o644)
 		if err != nil {
-			return err
+			return "", err
 		}
 		m, err := copyTree(ctx, tree, filepath.Join(out, "modules", release))
 		k.SizeBytes = n + m
-		return err
+		return fmt.Sprintf("release %s, %d MB", release, k.SizeBytes>>20), err
 	}); err != nil {
 		return store.Kernel{}, err
 	}
-	if err := step(ctx, report, StageCheck, func() error {
+	if err := step(ctx, report, StageCheck, func() (string, error) {
 		t, err := kmod.Open(filepath.Join(out, "modules", k.Release))
 		if err == nil {
 			_, err = t.Resolve(initrd.GuestModules)
 		}
 		if err != nil {
-			return invalid("the modules cannot boot a banger guest: %v", err)
+			return "", invalid("the modules cannot boot a banger guest: %v", err)
 		}
-		return nil
+		return "", nil
 	}); err != nil {
 		return store.Kernel{}, err
 	}
-	err = step(ctx, report, StageInstall, func() error {
+	err = step(ctx, report, StageInstall, func() (string, error) {
 		k.Dir = filepath.Join(s.Dir, name)
 		var old string
 		if _, err := os.Stat(k.Dir); err == nil {
 			// Replaced (--force) or left by a crash before its row was written.
 			old = filepath.Join(stage, "old")
 			if err := os.Rename(k.Dir, old); err != nil {
-				return err
+				return "", err
 			}
 		}
 		if err := os.Rename(out, k.Dir); err != nil {
 			if old != "" {
 				os.Rename(old, k.Dir)
 			}
-			return err
+			return "", err
 		}
 		if err := s.DB.UpsertKernel(context.WithoutCancel(ctx), k); err != nil {
 			os.RemoveAll(k.Dir)
 			if old != "" {
 				os.Rename(old, k.Dir)
 			}
-			return err
+			return "", err
 		}
-		return nil
+		return "", nil
 	})
 	if err != nil {
 		return store.Kernel{}, err
@@ -238,23 +239,23 @@ func (s *Store) Pull(ctx context.Context, name string, force bool, report Report
 	}
 	var pkg Package
 	var deb string
-	if err := step(ctx, report, StageResolve, func() error {
+	if err := step(ctx, report, StageResolve, func() (string, error) {
 		concrete, err := resolvePackage(ctx, e.Package)
 		if err == nil {
 			pkg, err = candidate(ctx, concrete)
 		}
-		return err
+		return e.Package + " → " + pkg.Name + " " + pkg.Version, err
 	}); err != nil {
 		return store.Kernel{}, err
 	}
-	if err := step(ctx, report, StageDownload, func() error {
+	if err := step(ctx, report, StageDownload, func() (string, error) {
 		var cached bool
 		var err error
 		deb, cached, err = fetch(ctx, pkg, s.DebCache)
 		if cached {
-			report(api.Stage{Name: StageDownload, State: "running", Detail: "cached " + filepath.Base(deb)})
+			return fmt.Sprintf("cached (%d MB, sha256 verified)", pkg.Size>>20), err
 		}
-		return err
+		return fmt.Sprintf("%d MB, sha256 verified", pkg.Size>>20), err
 	}); err != nil {
 		return store.Kernel{}, err
 	}
