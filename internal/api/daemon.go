@@ -28,7 +28,9 @@ type DaemonStatus struct {
 	SSHKey     string `json:"ssh_key"`
 	KnownHosts string `json:"known_hosts"`
 	// DNS is where the NAME.vm server listens, or why it does not.
-	DNS        string `json:"dns"`
+	DNS string `json:"dns"`
+	// TapPool is "READY/SIZE ready" for the warm tap pool, or "off".
+	TapPool    string `json:"tap_pool"`
 	VMsRunning int    `json:"vms_running"`
 	VMsTotal   int    `json:"vms_total"`
 }

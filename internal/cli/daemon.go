@@ -34,6 +34,7 @@ func (a *app) daemonCmd() *cobra.Command {
 			w.row("accel", st.Accel+" — "+st.AccelReason)
 			w.row("disk", st.DiskBackend+" — "+st.DiskBackendReason)
 			w.row("dns", st.DNS)
+			w.row("tap pool", st.TapPool)
 			w.row("vms", fmt.Sprintf("%d running, %d total", st.VMsRunning, st.VMsTotal))
 			return w.flush()
 		},

@@ -58,6 +58,9 @@ type Config struct {
 		// DNSUpstreams are where other queries go ("IP" or "IP:port");
 		// empty: the nameservers of /etc/resolv.conf.
 		DNSUpstreams []string `toml:"dns_upstreams"`
+		// TapPool is how many bridge-attached taps the daemon keeps ready
+		// so a VM start renames one instead of creating it (0: no pool).
+		TapPool int `toml:"tap_pool"`
 	} `toml:"network"`
 
 	// FileSync copies host files into each new VM's /root after it boots
@@ -89,6 +92,7 @@ func Defaults() Config {
 	c.Network.Bridge = "banger0"
 	c.Network.CIDR = "10.213.0.0/24"
 	c.Network.DNSListen = "127.0.0.1:5354"
+	c.Network.TapPool = 4
 	return c
 }
 
@@ -156,6 +160,9 @@ func (c Config) Validate() error {
 	p, err := netip.ParsePrefix(c.Network.CIDR)
 	if err != nil || !p.Addr().Is4() || p.Bits() > 29 || p.Bits() < 16 {
 		return fmt.Errorf("network.cidr = %q: want an IPv4 prefix between /16 and /29, e.g. \"10.213.0.0/24\"", c.Network.CIDR)
+	}
+	if c.Network.TapPool < 0 || c.Network.TapPool > 64 {
+		return fmt.Errorf("network.tap_pool = %d: want 0 (no pool) to 64", c.Network.TapPool)
 	}
 	if c.Network.DNS != "" {
 		if _, err := netip.ParseAddr(c.Network.DNS); err != nil {

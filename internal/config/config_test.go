@@ -248,6 +248,8 @@ func TestLoadRejectsInvalidValues(t *testing.T) {
 		{"cidr too small", "[network]\ncidr = \"10.213.0.0/30\"", "network.cidr"},
 		{"cidr too large", "[network]\ncidr = \"10.0.0.0/8\"", "network.cidr"},
 		{"cidr ipv6", "[network]\ncidr = \"fd00::/64\"", "network.cidr"},
+		{"tap pool negative", "[network]\ntap_pool = -1", "network.tap_pool"},
+		{"tap pool huge", "[network]\ntap_pool = 65", "network.tap_pool"},
 		{"dns not an ip", "[network]\ndns = \"dns.example\"", "network.dns"},
 	}
 	for _, tc := range cases {

@@ -6,6 +6,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,11 +23,13 @@ import (
 	"banger/internal/config"
 	"banger/internal/disk"
 	"banger/internal/dnsserver"
+	"banger/internal/doctor"
 	"banger/internal/guest"
 	"banger/internal/hostnet"
 	"banger/internal/kernel"
 	"banger/internal/netfilter"
 	"banger/internal/paths"
+	"banger/internal/resolved"
 	"banger/internal/rpc"
 	"banger/internal/store"
 	"banger/internal/vm"
@@ -53,6 +56,7 @@ type Daemon struct {
 	driver  vmm.Driver
 	dns     *dnsserver.Server // nil when off or failed to start
 	fw      *netfilter.Manager
+	taps    *hostnet.TapPool
 	netCfg  hostnet.Config
 	server  *rpc.Server
 	started time.Time
@@ -114,6 +118,7 @@ func Run(o Options) error {
 		sctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
 		d.vms.Shutdown(sctx)
+		d.taps.Close()
 		if d.dns != nil {
 			d.dns.Close()
 		}
@@ -151,11 +156,19 @@ func (d *Daemon) init(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("firewall: %w", err)
 	}
+	taps, err := hostnet.NewTapPool(netCfg, d.cfg.Network.TapPool, hostnet.LinuxTapOps{Bridge: netCfg.Bridge, Owner: -1},
+		d.log.With("component", "tap-pool"))
+	if err != nil {
+		return fmt.Errorf("network.tap_pool: %w", err)
+	}
 	agentBin := d.findAgent()
 	d.kernels = &kernel.Store{Dir: d.paths.KernelsDir(), DebCache: filepath.Join(d.paths.CacheDir, "kernel-debs"), DB: d.store, Log: d.log.With("component", "kernel")}
 	deps := vm.Deps{Config: d.cfg, Paths: d.paths, Store: d.store, Driver: driver, Disk: backend, Agent: agentBin,
 		Init: d.findBinary("banger-init", "images using a store kernel cannot boot"), Kernels: d.kernels,
-		Keys: keys, Net: netCfg, Log: d.log, Firewall: fw}
+		Keys: keys, Net: netCfg, Log: d.log, Firewall: fw, Taps: taps}
+	pf := newPreflight(doctor.NewEnv(d.paths))
+	deps.Preflight = func(ctx context.Context) error { return pf.run(ctx, VMChecks...) }
+	go pf.run(context.Background(), VMChecks...) // warm it: the first create need not wait for the checks
 	if d.cfg.Network.DNSListen != "" {
 		d.dns, err = dnsserver.New(dnsserver.Options{Logger: d.log.With("component", "dns"), Upstreams: d.cfg.Network.DNSUpstreams,
 			ReverseZones:   []netip.Prefix{netCfg.CIDR},
@@ -178,6 +191,8 @@ func (d *Daemon) init(ctx context.Context) error {
 	if err := d.startFirewall(ctx, fw, netCfg); err != nil {
 		return err
 	}
+	d.taps = taps
+	taps.Start() // after Reconcile (which spares pool taps) and the bridge
 	d.startDNS(ctx, netCfg.Gateway())
 	return nil
 }
@@ -202,7 +217,7 @@ func (d *Daemon) startFirewall(ctx context.Context, fw *netfilter.Manager, netCf
 }
 
 // cleanupHost removes what the daemon keeps on the host between VMs — its
-// nftables tables and the bridge — before it stops (daemon stop --cleanup).
+// pool taps, nftables tables and the bridge — before it stops (daemon stop --cleanup).
 // With a VM running it refuses and changes nothing.
 func (d *Daemon) cleanupHost(ctx context.Context) error {
 	if running, _ := d.vms.Counts(ctx); running > 0 {
@@ -211,6 +226,12 @@ func (d *Daemon) cleanupHost(ctx context.Context) error {
 	if d.dns != nil { // it listens on the bridge address
 		d.dns.Close()
 		d.dns = nil
+	}
+	if err := (resolved.Host{}).Unroute(ctx, d.netCfg.Bridge); err != nil {
+		d.log.Warn("could not revert systemd-resolved settings of the bridge", "err", err)
+	}
+	if err := d.taps.Teardown(); err != nil {
+		return fmt.Errorf("remove pool taps: %w", err)
 	}
 	if err := d.fw.Teardown(); err != nil {
 		return fmt.Errorf("remove nftables tables: %w", err)
@@ -248,6 +269,24 @@ func (d *Daemon) startDNS(ctx context.Context, gateway netip.Addr) {
 		addrs = append(addrs, a.String())
 	}
 	d.status.DNS = strings.Join(addrs, ", ")
+	d.routeVMDomain(ctx, gateway)
+}
+
+// routeVMDomain tells systemd-resolved, where it is the host's resolver, to
+// send NAME.vm queries to the DNS server on the bridge, so every program on
+// the host resolves VM names. Elsewhere `banger doctor` gives the recipe.
+func (d *Daemon) routeVMDomain(ctx context.Context, gateway netip.Addr) {
+	err := resolved.Host{}.Route(ctx, d.netCfg.Bridge, gateway)
+	switch {
+	case err == nil:
+		d.status.DNS += "; systemd-resolved routes .vm here (link " + d.netCfg.Bridge + ")"
+		d.log.Info("systemd-resolved routes the vm domain to the bridge DNS", "link", d.netCfg.Bridge)
+	case errors.Is(err, resolved.ErrNotActive):
+		d.status.DNS += "; host resolver not systemd-resolved: see `banger doctor` (dns-routing) to route .vm"
+	default:
+		d.log.Warn("could not route the vm domain through systemd-resolved", "err", err)
+		d.status.DNS += "; systemd-resolved routing failed: " + err.Error()
+	}
 }
 
 // chooseDriver resolves config vmm: "auto" picks Firecracker when its binary

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 
 	"banger/internal/api"
 	"banger/internal/kernel"
@@ -17,6 +18,13 @@ func (d *Daemon) register() {
 		st := d.status
 		st.Accel, st.AccelReason = d.driver.Accel()
 		st.VMsRunning, st.VMsTotal = d.vms.Counts(ctx)
+		st.TapPool = "off (network.tap_pool = 0)"
+		if ready, size, err := d.taps.Stats(); size > 0 {
+			st.TapPool = fmt.Sprintf("%d/%d ready", ready, size)
+			if err != nil {
+				st.TapPool += "; last refill failed: " + err.Error()
+			}
+		}
 		return st, nil
 	})
 	h(api.MethodDaemonStop, func(ctx context.Context, raw json.RawMessage, _ *rpc.Stream) (any, error) {

@@ -33,6 +33,7 @@ func Checks() []Check {
 		{Name: "tun", Run: checkTun},
 		{Name: "nftables", Run: checkNftables},
 		{Name: "network", Run: checkNetwork},
+		{Name: "dns-routing", Run: checkDNSRouting},
 		{Name: "disk-space", Run: checkDiskSpace},
 		{Name: "store", Run: checkStore},
 		{Name: "default-image", Run: checkDefaultImage},

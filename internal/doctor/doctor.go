@@ -27,6 +27,7 @@ import (
 
 	"banger/internal/config"
 	"banger/internal/paths"
+	"banger/internal/resolved"
 	"banger/internal/store"
 )
 
@@ -71,6 +72,8 @@ type Env struct {
 	Home string
 	// Executable is the running banger binary; bangerd is looked for next to it.
 	Executable string
+	// Resolver is how systemd-resolved is reached (zero: the real host).
+	Resolver resolved.Host
 
 	// facts caches what several checks read (config, store); Run fills it.
 	facts *facts

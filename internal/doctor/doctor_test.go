@@ -23,6 +23,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/paths"
+	"banger/internal/resolved"
 	"banger/internal/rpc"
 	"banger/internal/store"
 )
@@ -608,5 +609,39 @@ func TestDaemonAnswers(t *testing.T) {
 	r = Run(context.Background(), NewEnv(l), mustFind(t, "daemon"))[0]
 	if r.Status != Warn || !strings.Contains(r.Remedy, "banger daemon stop") {
 		t.Errorf("old daemon = %+v", r)
+	}
+}
+
+// TestDNSRouting covers the three answers of the dns-routing check: not
+// systemd-resolved (WARN with a recipe), systemd-resolved and the bridge not
+// made yet (PASS), and systemd-resolved with the bridge present but not
+// routed (WARN with the resolvectl commands). systemd-resolved cannot run
+// here, so a stand-in resolvectl answers `resolvectl domain LINK`.
+func TestDNSRouting(t *testing.T) {
+	l, _ := tempLayout(t)
+	writeConfig(t, l, "[network]\nbridge = \"lo\"\n")
+	env := NewEnv(l)
+	env.Resolver = resolved.Host{RunDir: filepath.Join(t.TempDir(), "absent")}
+	r := Run(context.Background(), env, mustFind(t, "dns-routing"))[0]
+	if r.Status != Warn || !strings.Contains(r.Remedy, "server=/vm/127.0.0.1#5354") || !strings.Contains(r.Remedy, "dig -p 5354 @127.0.0.1") {
+		t.Fatalf("without systemd-resolved: %+v", r)
+	}
+
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "resolvectl")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\necho \"Link 1 ($2): ~example\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	env.Resolver = resolved.Host{RunDir: dir, Resolvectl: bin}
+	// "lo" stands for a bridge that exists; it has no ~vm domain.
+	r = Run(context.Background(), env, mustFind(t, "dns-routing"))[0]
+	if r.Status != Warn || !strings.Contains(r.Remedy, "resolvectl domain lo ~vm") {
+		t.Fatalf("systemd-resolved, link not routed: %+v", r)
+	}
+	writeConfig(t, l, "[network]\nbridge = \"bgdocnone0\"\n")
+	env.facts = nil
+	r = Run(context.Background(), env, mustFind(t, "dns-routing"))[0]
+	if r.Status != Pass || !strings.Contains(r.Evidence, "when it starts") {
+		t.Fatalf("systemd-resolved, no bridge yet: %+v", r)
 	}
 }

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io/fs"
 	"net/netip"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"banger/internal/hostnet"
+	"banger/internal/resolved"
 )
 
 // checkTun: every VM NIC is a tap made through /dev/net/tun.
@@ -165,4 +167,53 @@ func freeCIDR(cidr netip.Prefix, dsts []netip.Prefix) string {
 		}
 	}
 	return "10.213.0.0/24"
+}
+
+// checkDNSRouting: NAME.vm resolves for every program on the host only if the
+// host's resolver sends the vm domain to banger's DNS server. On
+// systemd-resolved hosts the daemon sets that per link on the bridge; other
+// resolvers need one line of their own config (docs/dns.md).
+func checkDNSRouting(ctx context.Context, env Env) Result {
+	cfg := env.cfg()
+	if cfg.Network.DNSListen == "" {
+		return warn("the NAME.vm DNS server is off (network.dns_listen = \"\")",
+			"set network.dns_listen = \"127.0.0.1:5354\" in "+env.ConfigPath)
+	}
+	cidr, _ := netip.ParsePrefix(cfg.Network.CIDR)
+	gw, bridge := hostnet.Gateway(cidr), cfg.Network.Bridge
+	manual := fmt.Sprintf("resolvectl dns %s %s && resolvectl domain %s %s", bridge, gw, bridge, resolved.Domain)
+	h := env.Resolver
+	if err := h.Active(); err != nil {
+		if !errors.Is(err, resolved.ErrNotActive) {
+			return warn(err.Error(), apt+"systemd-resolved (it provides resolvectl)")
+		}
+		return warn(fmt.Sprintf("the host resolver is not systemd-resolved, so only banger's own server (%s) answers NAME.vm", cfg.Network.DNSListen),
+			fmt.Sprintf("route the vm domain to %s in your resolver, e.g. dnsmasq: server=/vm/%s (docs/dns.md has dnsmasq, NetworkManager and unbound recipes); or query it directly: dig -p %d @%s NAME.vm",
+				cfg.Network.DNSListen, strings.Replace(cfg.Network.DNSListen, ":", "#", 1), dnsPort(cfg.Network.DNSListen), dnsHost(cfg.Network.DNSListen)))
+	}
+	if l, _ := netlink.LinkByName(bridge); l == nil {
+		return pass("systemd-resolved: the daemon routes .vm to " + bridge + " when it starts (the bridge does not exist yet)")
+	}
+	routed, err := h.Routed(ctx, bridge)
+	if err != nil {
+		return warn(err.Error(), manual)
+	}
+	if !routed {
+		return warn("systemd-resolved does not route .vm to "+bridge+" (the daemon sets it at start)",
+			"restart the daemon (banger daemon stop; the next command starts it), or: "+manual)
+	}
+	return pass(fmt.Sprintf("systemd-resolved sends .vm queries to %s on %s", gw, bridge))
+}
+
+func dnsHost(listen string) string {
+	ap, err := netip.ParseAddrPort(listen)
+	if err != nil {
+		return listen
+	}
+	return ap.Addr().String()
+}
+
+func dnsPort(listen string) uint16 {
+	ap, _ := netip.ParseAddrPort(listen)
+	return ap.Port()
 }

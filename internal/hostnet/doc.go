@@ -13,7 +13,11 @@
 //	CreateTap, DeleteTap         persistent IFF_TAP|IFF_NO_PI|IFF_VNET_HDR devices,
 //	                             enslaved to the bridge and up; QEMU opens them with
 //	                             -netdev tap,ifname=NAME,script=no,downscript=no
+//	RenameTap                    a tap keeps its bridge port under a new name
 //	ListLinks                    link names by prefix (reconcile, leak checks)
+//	TapPool (pool.go)            warm taps named PREFIX-poolN, renamed to a VM's
+//	                             tap at start and refilled in the background;
+//	                             TapOps is the seam for a privileged helper
 //	TapName, MAC                 deterministic tap name and guest MAC from a VM id
 //	Allocate, Gateway            static guest addresses out of the CIDR
 //

@@ -263,17 +263,8 @@ func CreateTap(name, bridge string, owner int) (err error) {
 		return fmt.Errorf("link %q is a %s device, not a bridge", bridge, br.Type())
 	}
 
-	old, err := lookupLink(name)
-	if err != nil {
+	if err := removeStaleTap(name); err != nil {
 		return err
-	}
-	if old != nil {
-		if !isTap(old) {
-			return fmt.Errorf("link %q exists and is a %s device, not a tap; not replacing it", name, old.Type())
-		}
-		if err := deleteLink(old); err != nil {
-			return fmt.Errorf("replace stale tap: %w", err)
-		}
 	}
 
 	if err := createTapDevice(name, owner); err != nil {
@@ -344,4 +335,60 @@ func ListLinks(prefix string) ([]string, error) {
 	}
 	sort.Strings(names)
 	return names, nil
+}
+
+// RenameTap renames the tap from to to, keeping its bridge port and setting
+// it up again (a link must be down to be renamed). A stale tap already called
+// to is replaced; a link called to that is not a tap is an error. On failure
+// the tap keeps its old name where possible.
+func RenameTap(from, to string) error {
+	if err := ValidateName("tap", from); err != nil {
+		return err
+	}
+	if err := ValidateName("tap", to); err != nil {
+		return err
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+
+	l, err := lookupLink(from)
+	if err != nil {
+		return err
+	}
+	if l == nil {
+		return fmt.Errorf("tap %q does not exist", from)
+	}
+	if !isTap(l) {
+		return fmt.Errorf("link %q is a %s device, not a tap; not renaming it", from, l.Type())
+	}
+	if err := removeStaleTap(to); err != nil {
+		return err
+	}
+	if err := netlink.LinkSetDown(l); err != nil {
+		return fmt.Errorf("set tap %q down: %w", from, err)
+	}
+	if err := netlink.LinkSetName(l, to); err != nil {
+		_ = netlink.LinkSetUp(l)
+		return fmt.Errorf("rename tap %q to %q: %w", from, to, err)
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		return fmt.Errorf("set tap %q up: %w", to, err)
+	}
+	return nil
+}
+
+// removeStaleTap deletes a tap called name (a leftover of a crash) so the
+// name can be used; a link of that name that is not a tap is an error.
+func removeStaleTap(name string) error {
+	old, err := lookupLink(name)
+	if err != nil || old == nil {
+		return err
+	}
+	if !isTap(old) {
+		return fmt.Errorf("link %q exists and is a %s device, not a tap; not replacing it", name, old.Type())
+	}
+	if err := deleteLink(old); err != nil {
+		return fmt.Errorf("replace stale tap: %w", err)
+	}
+	return nil
 }

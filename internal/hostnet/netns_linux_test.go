@@ -39,7 +39,7 @@ type testNS struct {
 //
 // The goroutine is never unlocked: when the test goroutine ends its thread is
 // discarded, so a thread that ever entered a test namespace is never reused.
-func enterTestNetns(t *testing.T) *testNS {
+func enterTestNetns(t testing.TB) *testNS {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces")

@@ -75,6 +75,9 @@ func (s *Service) Create(ctx context.Context, p api.VMCreateParams) (api.Op, err
 	if err != nil {
 		return api.Op{}, err
 	}
+	if err := s.preflight(ctx); err != nil {
+		return api.Op{}, err
+	}
 	v, err := s.reserveVM(ctx, req)
 	if err != nil {
 		return api.Op{}, err
@@ -85,6 +88,14 @@ func (s *Service) Create(ctx context.Context, p api.VMCreateParams) (api.Op, err
 		defer unlock()
 		return s.runCreate(ctx, v, req, report)
 	}), nil
+}
+
+// preflight runs Deps.Preflight when set.
+func (s *Service) preflight(ctx context.Context) error {
+	if s.Preflight == nil {
+		return nil
+	}
+	return s.Preflight(ctx)
 }
 
 func (s *Service) runCreate(ctx context.Context, v store.VM, req createRequest, report Reporter) (err error) {

@@ -86,8 +86,10 @@ func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *sta
 			return err
 		}
 		undo.push("delete tap "+v.Tap, func(context.Context) error { return hostnet.DeleteTap(v.Tap) })
-		if err := hostnet.CreateTap(v.Tap, s.Net.Bridge, -1); err != nil {
-			return err
+		if !s.Taps.Take(v.Tap) {
+			if err := hostnet.CreateTap(v.Tap, s.Net.Bridge, -1); err != nil {
+				return err
+			}
 		}
 		if s.Firewall == nil {
 			return nil
@@ -374,6 +376,9 @@ func (s *Service) startLocked(ctx context.Context, v *store.VM, report Reporter)
 	default:
 		return rpc.Errorf(rpc.CodeFailedPrecondition, "vm %s is %s; wait for it to finish", v.Name, v.State)
 	}
+	if err := s.preflight(ctx); err != nil {
+		return err
+	}
 	im, err := s.Store.GetImage(ctx, v.Image)
 	if err != nil {
 		return err
@@ -438,10 +443,16 @@ func (s *Service) shutdownGuest(ctx context.Context, v *store.VM, m vmm.Machine,
 			return false
 		}
 	}
-	asked := s.poweroffViaAgent(ctx, v) || s.poweroffViaSSH(ctx, v)
-	if !asked {
+	via := "agent"
+	switch {
+	case s.poweroffViaAgent(ctx, v):
+	case s.poweroffViaSSH(ctx, v):
+		via = "ssh"
+	default:
+		via = "ctrl-alt-del"
 		_ = m.CtrlAltDel(ctx)
 	}
+	s.Log.Info("guest asked to power off", "vm", v.Name, "via", via)
 	if wait(timeout) {
 		return "guest powered off"
 	}

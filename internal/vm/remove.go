@@ -145,14 +145,15 @@ func (s *Service) Reconcile(ctx context.Context) error {
 			}
 		}
 	}
-	// Taps of ours that no running VM owns are leftovers of a crash.
+	// Taps of ours that no running VM owns are leftovers of a crash (pool
+	// taps are capacity, not leftovers).
 	prefix := s.Net.TapPrefix
 	if prefix == "" {
 		prefix = hostnet.DefaultTapPrefix
 	}
 	if links, err := hostnet.ListLinks(prefix); err == nil {
 		for _, l := range links {
-			if !keepTaps[l] {
+			if !keepTaps[l] && !s.Net.IsPoolTap(l) {
 				s.Log.Warn("removing leftover tap", "tap", l)
 				hostnet.DeleteTap(l)
 			}

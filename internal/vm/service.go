@@ -37,6 +37,11 @@ type Deps struct {
 	// Firewall holds each running VM's NAT and published ports and the
 	// guests' isolation (nil: no firewall, e.g. in unit tests).
 	Firewall *netfilter.Manager
+	// Preflight checks the host can run a VM before a create or start
+	// makes anything (nil: no checks); its error goes to the caller as is.
+	Preflight func(ctx context.Context) error
+	// Taps hands out ready taps at VM start (nil: each start creates its tap).
+	Taps *hostnet.TapPool
 	// Names receives NAME.vm records as VMs start and stop (nil: no DNS).
 	Names Names
 	// Agent is the guest agent binary given to guests through their

@@ -161,3 +161,21 @@ func TestHostMemMiBMatchesMeminfo(t *testing.T) {
 		t.Fatalf("hostMemMiB() = %d, want %d", got, kb/1024)
 	}
 }
+
+// TestCreateAndStartRunPreflight: a host that fails preflight refuses create
+// and start with the check's error, and nothing is made.
+func TestCreateAndStartRunPreflight(t *testing.T) {
+	s := newTestService(t)
+	stopped := insertVM(t, s, "bangertest-pf", api.StateStopped)
+	s.Preflight = func(context.Context) error {
+		return rpc.Errorf(rpc.CodeFailedPrecondition, "mkfs.ext4: not found (fix: apt-get install e2fsprogs)")
+	}
+	op, err := s.Create(context.Background(), api.VMCreateParams{Name: "bangertest-new", Image: testImage})
+	wantCode(t, err, rpc.CodeFailedPrecondition, "apt-get install e2fsprogs")
+	assertNothingCreated(t, s, op, 1)
+	_, err = s.Start(context.Background(), stopped.Name, nil)
+	wantCode(t, err, rpc.CodeFailedPrecondition, "apt-get install e2fsprogs")
+	if got, _ := s.Store.GetVM(context.Background(), stopped.Name); got.State != api.StateStopped {
+		t.Fatalf("refused start changed the VM: %+v", got)
+	}
+}

@@ -68,13 +68,15 @@ func newBench(o options) (*bench, error) {
 }
 
 // run prepares both ways, times them alternately, then times copying the
-// generated repository into one VM both ways, alternately.
+// generated repository into one VM both ways, alternately, then VM starts
+// with a warm and an empty tap pool (-only picks one phase).
 func (b *bench) run(ctx context.Context) (*report, error) {
 	if err := b.setup(ctx); err != nil {
 		return nil, err
 	}
 	rep := b.newReport()
-	for i := 1; i <= b.o.n; i++ {
+	phase := func(p string) bool { return b.o.only == "" || b.o.only == p }
+	for i := 1; phase("boot") && i <= b.o.n; i++ {
 		if err := b.rawIteration(ctx, i, rep); err != nil {
 			return nil, fmt.Errorf("raw %d: %w", i, err)
 		}
@@ -82,8 +84,15 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 			return nil, fmt.Errorf("banger %d: %w", i, err)
 		}
 	}
-	if err := b.workspaceRuns(ctx, rep); err != nil {
-		return nil, fmt.Errorf("workspace copy-in: %w", err)
+	if phase("workspace") {
+		if err := b.workspaceRuns(ctx, rep); err != nil {
+			return nil, fmt.Errorf("workspace copy-in: %w", err)
+		}
+	}
+	if phase("pool") {
+		if err := b.poolRuns(ctx, rep); err != nil {
+			return nil, fmt.Errorf("tap pool: %w", err)
+		}
 	}
 	return rep, nil
 }

@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 )
 
@@ -46,6 +47,7 @@ type options struct {
 	n     int    // iterations of each way
 	guest string // fixture directory; "" = build-guest.sh --print-dir
 	json  bool   // print the results as JSON instead of a table
+	only  string // "" (everything) or one phase: "boot", "workspace", "pool"
 }
 
 func main() {
@@ -53,8 +55,9 @@ func main() {
 	flag.IntVar(&o.n, "n", 3, "iterations of each way (raw and banger), alternating")
 	flag.StringVar(&o.guest, "guest", "", "test guest directory (default: output of test/fixture/build-guest.sh --print-dir)")
 	flag.BoolVar(&o.json, "json", false, "print the results as JSON")
+	flag.StringVar(&o.only, "only", "", "run one phase only: boot (raw vs banger create), workspace (copy-in) or pool (warm vs empty tap pool)")
 	flag.Parse()
-	if o.n < 1 || flag.NArg() > 0 {
+	if o.n < 1 || flag.NArg() > 0 || !slices.Contains([]string{"", "boot", "workspace", "pool"}, o.only) {
 		flag.Usage()
 		os.Exit(2)
 	}

@@ -44,7 +44,7 @@ func TestBadInput(t *testing.T) {
 	if d := e.vmDirs(); len(d) != 1 {
 		t.Fatalf("bad input created VM directories: %v", d)
 	}
-	if taps := e.links("bgtap"); len(taps) != 0 {
+	if taps := e.vmTaps(); len(taps) != 0 {
 		t.Fatalf("bad input created taps: %v", taps)
 	}
 	if ps := processesMentioning(e.home); len(ps) != 0 {

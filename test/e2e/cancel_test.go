@@ -66,7 +66,7 @@ func TestCreateCancelAtEachStage(t *testing.T) {
 		if d := e.vmDirs(); len(d) != 0 {
 			t.Fatalf("cancel at %q left VM directories: %v", stage, d)
 		}
-		if taps := e.links("bgtap"); len(taps) != 0 {
+		if taps := e.vmTaps(); len(taps) != 0 {
 			t.Fatalf("cancel at %q left taps: %v", stage, taps)
 		}
 		if ps := processesMentioning(e.home); len(ps) != 0 {
@@ -124,7 +124,7 @@ func TestCreateCtrlC(t *testing.T) {
 	if ps := processesMentioning(e.home); len(ps) != 0 {
 		t.Fatalf("Ctrl-C left processes: %v", ps)
 	}
-	if taps := e.links("bgtap"); len(taps) != 0 {
+	if taps := e.vmTaps(); len(taps) != 0 {
 		t.Fatalf("Ctrl-C left taps: %v", taps)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/hostnet"
 	"banger/internal/rpc"
 )
 
@@ -101,7 +102,7 @@ func (e *env) cleanup() {
 			waitGone(pid, 10*time.Second)
 		}
 	}
-	if taps := e.links("bgtap"); len(taps) > 0 {
+	if taps := e.vmTaps(); len(taps) > 0 {
 		t.Errorf("taps left in %s after every VM was deleted: %v", e.ns, taps)
 	}
 	if out, err := exec.Command("ip", "netns", "del", e.ns).CombinedOutput(); err != nil {
@@ -111,6 +112,18 @@ func (e *env) cleanup() {
 
 func (e *env) socket() string   { return filepath.Join(e.home, "run/banger/bangerd.sock") }
 func (e *env) stateDir() string { return filepath.Join(e.home, "state/banger") }
+
+// vmTaps returns the VM taps in the scenario's namespace: every bgtap* link
+// but the pool taps, which are the daemon's spare capacity.
+func (e *env) vmTaps() []string {
+	var taps []string
+	for _, l := range e.links(hostnet.DefaultTapPrefix) {
+		if !(hostnet.Config{}).IsPoolTap(l) {
+			taps = append(taps, l)
+		}
+	}
+	return taps
+}
 
 // links returns the names of links in the scenario's namespace starting with prefix.
 func (e *env) links(prefix string) []string {

@@ -77,8 +77,16 @@ func TestLifecycle(t *testing.T) {
 	if alive(vmmPID) {
 		t.Fatalf("VMM pid %d still alive after stop", vmmPID)
 	}
-	if taps := e.links("bgtap"); len(taps) != 0 {
+	if taps := e.vmTaps(); len(taps) != 0 {
 		t.Fatalf("taps after stop: %v", taps)
+	}
+	// The guest was asked through its agent (not SSH, not the power button)
+	// and powered itself off.
+	daemonLog, _ := os.ReadFile(filepath.Join(e.stateDir(), "bangerd.log"))
+	for _, want := range []string{`msg="guest asked to power off" vm=life via=agent`, `msg="vm stopped" vm=life how="guest powered off"`} {
+		if !strings.Contains(string(daemonLog), want) {
+			t.Fatalf("daemon log lacks %q:\n%s", want, lastLines(string(daemonLog), 20))
+		}
 	}
 
 	// Resources of a stopped VM can change; the work disk only grows.

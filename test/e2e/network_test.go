@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"context"
 	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"banger/internal/api"
 )
 
 // httpdPerl is a one-response-per-connection HTTP server (perl comes with
@@ -29,13 +32,7 @@ func TestNetwork(t *testing.T) {
 	// The daemon forwards names outside .vm to a resolver in the upstream namespace.
 	e := newEnv(t, envOpts{config: "[network]\ndns_upstreams = [\"172.31.250.2\"]\n"})
 	up := e.upstream(t)
-	nft := func(args ...string) string {
-		out, err := exec.Command("ip", append([]string{"netns", "exec", e.ns, "nft"}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("nft %v: %v\n%s", args, err, out)
-		}
-		return string(out)
-	}
+	nft := e.nft
 	nft("add", "table", "inet", "bangertest_foreign")
 	nft("add", "chain", "inet", "bangertest_foreign", "input", "{ type filter hook input priority 10; policy accept; }")
 	nft("add", "rule", "inet", "bangertest_foreign", "input", "tcp", "dport", "9", "counter", "accept")
@@ -108,16 +105,43 @@ func TestNetwork(t *testing.T) {
 		t.Fatalf("banger changed a foreign table:\nbefore:\n%s\nafter:\n%s", foreignBefore, after)
 	}
 
-	// daemon stop --cleanup takes banger's tables and bridge away, nothing else.
+	// The daemon keeps its warm tap pool (default size 4) between VMs; it
+	// refills in the background, so wait for the daemon to report it full.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var st api.DaemonStatus
+		if err := e.client().Call(context.Background(), api.MethodDaemonStatus, nil, &st); err != nil {
+			t.Fatal(err)
+		}
+		pool := e.links("bgtap-pool")
+		if st.TapPool == "4/4 ready" && len(pool) == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tap pool not full 10 s after the last VM start: status %q, links %v", st.TapPool, pool)
+		}
+	}
+
+	// daemon stop --cleanup takes banger's pool taps, tables and bridge away,
+	// nothing else.
 	pid := e.daemonPID()
 	e.must("daemon", "stop", "--cleanup")
 	waitGone(pid, 30*time.Second)
 	if tables := nft("list", "tables"); strings.Contains(tables, "banger\n") || !strings.Contains(tables, "bangertest_foreign") {
 		t.Fatalf("nft tables after daemon stop --cleanup:\n%s", tables)
 	}
-	if links := e.links("banger0"); len(links) != 0 {
-		t.Fatalf("bridge left after daemon stop --cleanup: %v", links)
+	if links := append(e.links("banger0"), e.links("bgtap")...); len(links) != 0 {
+		t.Fatalf("bridge or taps left after daemon stop --cleanup: %v", links)
 	}
+}
+
+// nft runs nft in the scenario's namespace and returns its output.
+func (e *env) nft(args ...string) string {
+	e.t.Helper()
+	out, err := exec.Command("ip", append([]string{"netns", "exec", e.ns, "nft"}, args...)...).CombinedOutput()
+	if err != nil {
+		e.t.Fatalf("nft %v: %v\n%s", args, err, out)
+	}
+	return string(out)
 }
 
 // upstream makes a namespace standing for "the internet", linked to the

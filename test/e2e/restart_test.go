@@ -38,8 +38,9 @@ func TestDaemonKillAndRestart(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOpts{})
 	e.registerImage()
-	e.must("vm", "create", "--name", "survivor")
+	e.must("vm", "create", "--name", "survivor", "--nat")
 	before := e.show("survivor")
+	rule := "vm=" + before.ID // the comment on each of the VM's nftables rules
 
 	d1 := e.daemonPID()
 	syscall.Kill(d1, syscall.SIGKILL)
@@ -57,6 +58,9 @@ func TestDaemonKillAndRestart(t *testing.T) {
 	if after.State != api.StateRunning || after.PID != before.PID {
 		t.Fatalf("after daemon restart: %+v (before pid %d)", after, before.PID)
 	}
+	if !strings.Contains(e.nft("list", "ruleset"), rule) {
+		t.Fatalf("the adopted VM's NAT rules are missing after the daemon restart")
+	}
 	if got := strings.TrimSpace(e.ssh("survivor", "cat", "/proc/sys/kernel/random/boot_id")); got != before.BootID {
 		t.Fatalf("guest boot_id %s, want the same boot %s", got, before.BootID)
 	}
@@ -64,6 +68,9 @@ func TestDaemonKillAndRestart(t *testing.T) {
 	e.must("vm", "stop", "survivor")
 	if alive(before.PID) {
 		t.Fatal("VMM alive after stop by the adopting daemon")
+	}
+	if strings.Contains(e.nft("list", "ruleset"), rule) {
+		t.Fatal("rules of a stopped VM remain")
 	}
 	e.must("vm", "start", "survivor")
 	running := e.show("survivor")
@@ -80,8 +87,11 @@ func TestDaemonKillAndRestart(t *testing.T) {
 	if v.State != api.StateStopped || v.PID != 0 || !strings.Contains(v.LastError, "daemon was not running") {
 		t.Fatalf("after the VMM died while the daemon was down: %+v", v)
 	}
-	if taps := e.links("bgtap"); len(taps) != 0 {
+	if taps := e.vmTaps(); len(taps) != 0 {
 		t.Fatalf("taps of a dead VM remain: %v", taps)
+	}
+	if ruleset := e.nft("list", "ruleset"); strings.Contains(ruleset, rule) {
+		t.Fatalf("rules of a VM that died while the daemon was down remain:\n%s", ruleset)
 	}
 	e.must("vm", "start", "survivor")
 	e.must("vm", "delete", "--force", "survivor")

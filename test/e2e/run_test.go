@@ -35,7 +35,7 @@ func TestRun(t *testing.T) {
 	if d := e.vmDirs(); len(d) != 0 {
 		t.Fatalf("vm run --rm left VM directories: %v", d)
 	}
-	if taps := e.links("bgtap"); len(taps) != 0 {
+	if taps := e.vmTaps(); len(taps) != 0 {
 		t.Fatalf("vm run --rm left taps: %v", taps)
 	}
 
@@ -104,7 +104,7 @@ func TestRunKeepsAGuestThatNeverBecameReady(t *testing.T) {
 	if v.State != api.StateStopped || v.LastError == "" {
 		t.Fatalf("kept VM: state %s, last error %q; want stopped with the error", v.State, v.LastError)
 	}
-	if taps := e.links("bgtap"); len(taps) != 0 {
+	if taps := e.vmTaps(); len(taps) != 0 {
 		t.Fatalf("a kept, stopped VM still has taps: %v", taps)
 	}
 	if ps := processesMentioning(e.home + "/state"); len(ps) != 0 {
