@@ -45,7 +45,7 @@ step "banger doctor (no check may FAIL on a machine set up by this script)"
 bindir=$(mktemp -d)
 trap 'rm -f "$snapshot"; rm -rf "$bindir"' EXIT
 go build -o "$bindir/" ./cmd/banger ./cmd/bangerd
-CGO_ENABLED=0 go build -o "$bindir/" ./cmd/banger-agent
+CGO_ENABLED=0 go build -o "$bindir/" ./cmd/banger-agent ./cmd/banger-init
 "$bindir/banger" doctor
 
 step "end-to-end tests (real guests under QEMU)"

@@ -16,14 +16,16 @@ cd "$(dirname "$0")/.."
 source scripts/host-deps.sh
 echo "==> building banger into ./bin" >&2
 go build -o bin/ ./cmd/banger ./cmd/bangerd
-CGO_ENABLED=0 go build -o bin/ ./cmd/banger-agent # runs in guests: static
+CGO_ENABLED=0 go build -o bin/ ./cmd/banger-agent ./cmd/banger-init # run in guests: static
 echo "==> building the guest (cached after the first run)" >&2
 guest=$(bash test/fixture/build-guest.sh | tail -n1)
 
 banger=bin/banger
+if ! $banger kernel show fixture >/dev/null 2>&1; then
+	$banger kernel import fixture --kernel "$guest/vmlinuz" --modules "$guest/modules"
+fi
 if ! $banger image show default >/dev/null 2>&1; then
-	$banger image register --name default --rootfs "$guest/rootfs.ext4" \
-		--kernel "$guest/vmlinuz" --initrd "$guest/initrd.img"
+	$banger image register --name default --rootfs "$guest/rootfs.ext4" --kernel-name fixture
 fi
 if $banger vm show try >/dev/null 2>&1; then
 	echo "==> replacing the VM 'try' from an earlier run" >&2

@@ -26,6 +26,9 @@ type Image struct {
 	// Kernel is an ELF vmlinux or a bzImage; Initrd is optional.
 	Kernel string `json:"kernel"`
 	Initrd string `json:"initrd,omitempty"`
+	// KernelName is the kernel-store kernel the image boots with (its
+	// initramfs is banger's own); "" when registered with a kernel file.
+	KernelName string `json:"kernel_name,omitempty"`
 	// Managed images live in banger's store; registered ones point at host files.
 	Managed   bool      `json:"managed"`
 	SizeBytes int64     `json:"size_bytes"`
@@ -76,12 +79,14 @@ type ImageCachePruneResult struct {
 }
 
 // ImageRegisterParams registers host files as an image (unmanaged: banger
-// never modifies or deletes them).
+// never modifies or deletes them). The kernel is either a file (Kernel,
+// with an optional Initrd) or a kernel-store kernel by name (KernelName).
 type ImageRegisterParams struct {
-	Name   string `json:"name"`
-	RootFS string `json:"rootfs"`
-	Kernel string `json:"kernel"`
-	Initrd string `json:"initrd,omitempty"`
+	Name       string `json:"name"`
+	RootFS     string `json:"rootfs"`
+	Kernel     string `json:"kernel,omitempty"`
+	Initrd     string `json:"initrd,omitempty"`
+	KernelName string `json:"kernel_name,omitempty"`
 }
 
 // ImageRef names one image.

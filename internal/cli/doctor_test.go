@@ -26,12 +26,12 @@ func doctorHome(t *testing.T) string {
 	return filepath.Join(root, "config", "banger", "config.toml")
 }
 
-// fakeBangerd puts executables named bangerd and banger-agent first in PATH,
+// fakeBangerd puts executables named bangerd, banger-agent and banger-init first in PATH,
 // so the bangerd check passes for a test binary.
 func fakeBangerd(t *testing.T) {
 	t.Helper()
 	dir := t.TempDir()
-	for _, n := range []string{"bangerd", "banger-agent"} {
+	for _, n := range []string{"bangerd", "banger-agent", "banger-init"} {
 		if err := os.WriteFile(filepath.Join(dir, n), []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
 			t.Fatal(err)
 		}

@@ -18,7 +18,7 @@ func (a *app) imageCmd() *cobra.Command {
 	c := &cobra.Command{Use: "image", Short: "Manage images (root filesystem + kernel)"}
 	var reg api.ImageRegisterParams
 	register := &cobra.Command{
-		Use: "register --name NAME --rootfs FILE --kernel FILE [--initrd FILE]", Short: "Register host files as an image (banger never modifies them)",
+		Use: "register --name NAME --rootfs FILE (--kernel FILE [--initrd FILE] | --kernel-name NAME)", Short: "Register host files as an image (banger never modifies them)",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			p := reg
@@ -43,6 +43,7 @@ func (a *app) imageCmd() *cobra.Command {
 	register.Flags().StringVar(&reg.RootFS, "rootfs", "", "raw ext4 root filesystem image")
 	register.Flags().StringVar(&reg.Kernel, "kernel", "", "kernel (ELF vmlinux or bzImage)")
 	register.Flags().StringVar(&reg.Initrd, "initrd", "", "initramfs (optional)")
+	register.Flags().StringVar(&reg.KernelName, "kernel-name", "", "a kernel from `banger kernel list` instead of --kernel/--initrd")
 
 	list := &cobra.Command{
 		Use: "list", Aliases: []string{"ls"}, Short: "List images", Args: cobra.NoArgs,
@@ -77,6 +78,7 @@ func (a *app) imageCmd() *cobra.Command {
 			t.row("rootfs", im.RootFS)
 			t.row("kernel", im.Kernel)
 			t.row("initrd", im.Initrd)
+			t.row("kernel name", im.KernelName)
 			t.row("size", humanBytes(im.SizeBytes))
 			t.row("managed", fmt.Sprint(im.Managed))
 			t.row("source", im.Source)

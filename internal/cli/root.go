@@ -5,6 +5,7 @@
 //	root.go      root command, daemon connection and auto-start, errors
 //	daemon.go    banger daemon status|stop
 //	image.go     banger image register|list|show|delete
+//	kernel.go    banger kernel list|show|pull|import|rm
 //	vm.go        banger vm create|start|stop|restart|kill|delete|list|show|set|prune
 //	vmio.go      banger vm logs|ssh
 //	progress.go  stage progress: live on a TTY, plain lines otherwise
@@ -65,7 +66,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(a.daemonCmd(), a.imageCmd(), a.vmCmd(), a.psCmd(), a.sshConfigCmd(), a.doctorCmd(), a.systemCmd(), &cobra.Command{
+	root.AddCommand(a.daemonCmd(), a.imageCmd(), a.kernelCmd(), a.vmCmd(), a.psCmd(), a.sshConfigCmd(), a.doctorCmd(), a.systemCmd(), &cobra.Command{
 		Use: "version", Short: "Print the CLI version",
 		Run: func(*cobra.Command, []string) { fmt.Fprintln(a.stdout, "banger", api.Version) },
 	})

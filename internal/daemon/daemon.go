@@ -33,6 +33,7 @@ import (
 	"banger/internal/doctor"
 	"banger/internal/guest"
 	"banger/internal/hostnet"
+	"banger/internal/kernel"
 	"banger/internal/netfilter"
 	"banger/internal/paths"
 	"banger/internal/privileged"
@@ -59,6 +60,7 @@ type Daemon struct {
 	log     *slog.Logger
 	store   *store.Store
 	vms     *vm.Service
+	kernels *kernel.Store
 	driver  vmm.Driver
 	dns     *dnsserver.Server // nil when off or failed to start
 	fw      *netfilter.Manager
@@ -173,7 +175,9 @@ func (d *Daemon) init(ctx context.Context) error {
 		return fmt.Errorf("network.tap_pool: %w", err)
 	}
 	agentBin := d.findAgent()
+	d.kernels = &kernel.Store{Dir: d.paths.KernelsDir(), DebCache: filepath.Join(d.paths.CacheDir, "kernel-debs"), DB: d.store, Log: d.log.With("component", "kernel")}
 	deps := vm.Deps{Config: d.cfg, Paths: d.paths, Store: d.store, Driver: driver, Disk: backend, Agent: agentBin,
+		Init: d.findBinary("banger-init", "images using a store kernel cannot boot"), Kernels: d.kernels,
 		Keys: keys, Net: netCfg, Log: d.log, Host: host, Firewall: true, Taps: taps}
 	pf := newPreflight(doctor.NewEnv(d.paths))
 	deps.Preflight = func(ctx context.Context) error { return pf.run(ctx, VMChecks...) }
@@ -327,14 +331,20 @@ func (d *Daemon) chooseDriver(ctx context.Context) (vmm.Driver, string, error) {
 // findAgent locates the guest agent binary, installed next to bangerd.
 // Without it guests boot as before and readiness falls back to SSH.
 func (d *Daemon) findAgent() string {
+	return d.findBinary("banger-agent", "guests get no agent and readiness uses SSH")
+}
+
+// findBinary locates a guest binary installed next to bangerd, logging
+// what its absence means when it is not there.
+func (d *Daemon) findBinary(name, without string) string {
 	self, err := os.Executable()
 	if err == nil {
-		p := filepath.Join(filepath.Dir(self), "banger-agent")
+		p := filepath.Join(filepath.Dir(self), name)
 		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
 			return p
 		}
 	}
-	d.log.Warn("banger-agent not found next to bangerd; guests get no agent and readiness uses SSH")
+	d.log.Warn(name + " not found next to bangerd; " + without)
 	return ""
 }
 

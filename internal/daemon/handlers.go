@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"banger/internal/api"
+	"banger/internal/kernel"
 	"banger/internal/rpc"
 	"banger/internal/vm"
 )
@@ -67,6 +68,32 @@ func (d *Daemon) register() {
 	}))
 	h(api.MethodImageCachePrune, withParams(func(ctx context.Context, p api.ImageCachePruneParams, _ *rpc.Stream) (any, error) {
 		return d.vms.PruneImageCache(ctx, p)
+	}))
+	h(api.MethodKernelList, withParams(func(ctx context.Context, p api.KernelListParams, _ *rpc.Stream) (any, error) {
+		if p.Available {
+			return d.kernels.Available(ctx)
+		}
+		return d.kernels.List(ctx)
+	}))
+	h(api.MethodKernelShow, withParams(func(ctx context.Context, p api.KernelRef, _ *rpc.Stream) (any, error) {
+		return d.kernels.Show(ctx, p.Name)
+	}))
+	h(api.MethodKernelImport, withParams(func(ctx context.Context, p api.KernelImportParams, s *rpc.Stream) (any, error) {
+		k, err := d.kernels.Import(ctx, p.Name, kernel.Source{Kernel: p.Kernel, Modules: p.Modules, Deb: p.Deb}, p.Force, kernel.Reporter(stageSender(s)))
+		if err != nil {
+			return nil, err
+		}
+		return d.kernels.Show(ctx, k.Name)
+	}))
+	h(api.MethodKernelPull, withParams(func(ctx context.Context, p api.KernelPullParams, s *rpc.Stream) (any, error) {
+		k, err := d.kernels.Pull(ctx, p.Name, p.Force, kernel.Reporter(stageSender(s)))
+		if err != nil {
+			return nil, err
+		}
+		return d.kernels.Show(ctx, k.Name)
+	}))
+	h(api.MethodKernelRemove, withParams(func(ctx context.Context, p api.KernelRef, _ *rpc.Stream) (any, error) {
+		return struct{}{}, d.kernels.Remove(ctx, p.Name)
 	}))
 
 	h(api.MethodVMCreate, withParams(func(ctx context.Context, p api.VMCreateParams, _ *rpc.Stream) (any, error) {

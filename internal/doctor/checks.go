@@ -219,7 +219,7 @@ func checkLoop(_ context.Context, env Env) Result {
 }
 
 // checkBangerd: the CLI starts bangerd from next to itself (or PATH), and
-// bangerd injects banger-agent (next to it) into guests.
+// bangerd puts banger-agent and banger-init (next to it) into guests.
 func checkBangerd(_ context.Context, env Env) Result {
 	var bangerd string
 	if env.Executable != "" {
@@ -235,14 +235,19 @@ func checkBangerd(_ context.Context, env Env) Result {
 	}
 	if bangerd == "" {
 		return fail("bangerd not found next to "+env.Executable+" or in PATH; banger cannot start its daemon",
-			"install bangerd and banger-agent next to banger (from the source tree: go build -o bin/ ./cmd/banger ./cmd/bangerd && CGO_ENABLED=0 go build -o bin/ ./cmd/banger-agent)")
+			"install bangerd, banger-agent and banger-init next to banger (from the source tree: go build -o bin/ ./cmd/banger ./cmd/bangerd && CGO_ENABLED=0 go build -o bin/ ./cmd/banger-agent ./cmd/banger-init)")
 	}
 	agent := filepath.Join(filepath.Dir(bangerd), "banger-agent")
 	if executable(agent) != nil {
 		return warn(bangerd+" found but "+agent+" is missing: guests get no agent and readiness falls back to SSH",
 			"install banger-agent next to bangerd (from the source tree: CGO_ENABLED=0 go build -o "+filepath.Dir(bangerd)+"/ ./cmd/banger-agent)")
 	}
-	return pass(bangerd + " and " + agent)
+	init := filepath.Join(filepath.Dir(bangerd), "banger-init")
+	if executable(init) != nil {
+		return warn(bangerd+" found but "+init+" is missing: images using a kernel from the kernel store cannot boot",
+			"install banger-init next to bangerd (from the source tree: CGO_ENABLED=0 go build -o "+filepath.Dir(bangerd)+"/ ./cmd/banger-init)")
+	}
+	return pass(bangerd + ", " + agent + " and " + init)
 }
 
 // checkSSH: `banger vm ssh` and `ssh NAME.vm` run the system OpenSSH client.

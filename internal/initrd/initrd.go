@@ -1,11 +1,19 @@
-// Package initrd gives a guest banger's agent without touching its image:
-// it appends a small uncompressed newc cpio archive holding the agent to
-// the image's initramfs (the kernel unpacks concatenated archives, whatever
-// each one's compression), and caches the result by content.
+// Package initrd makes the initramfs a guest boots with.
 //
-// Banger's initramfs init (test/fixture/initramfs-init for now) finds
-// /banger/banger-agent and starts it in the booted system from a tmpfs /run,
-// so nothing is written to any disk.
+//   - Build generates banger's own initramfs (gzip'd newc cpio): banger-init
+//     as /init (package bootinit), the virtio modules of the kernel with
+//     their dependencies (package kmod) listed in load order in
+//     /etc/banger-modules, and banger's guest agent. Images with a kernel
+//     from banger's kernel store boot with it.
+//   - WithAgent keeps images registered with their own initramfs working: it
+//     appends a small uncompressed newc archive holding the agent (the
+//     kernel unpacks concatenated archives, whatever each one's compression).
+//
+// Both cache their result by the hash of every input and write it through a
+// temporary file renamed into place.
+//
+//	build.go      Build, the generated initramfs
+//	initrd.go     WithAgent, and the newc writer
 package initrd
 
 import (
@@ -54,22 +62,7 @@ func WithAgent(cacheDir, base, agent string) (string, error) {
 	if w.err != nil {
 		return "", w.err
 	}
-	if err := os.MkdirAll(cacheDir, 0o700); err != nil {
-		return "", err
-	}
-	tmp, err := os.CreateTemp(cacheDir, ".initrd-*")
-	if err != nil {
-		return "", err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(buf.Bytes()); err != nil {
-		tmp.Close()
-		return "", err
-	}
-	if err := tmp.Close(); err != nil {
-		return "", err
-	}
-	return out, os.Rename(tmp.Name(), out)
+	return out, writeAtomic(cacheDir, out, buf.Bytes())
 }
 
 // writer writes a newc ("070701") cpio archive.
@@ -81,14 +74,16 @@ type writer struct {
 
 func newWriter(w io.Writer) *writer { return &writer{w: w, ino: 1} }
 
-func (w *writer) header(name string, mode uint32, size int) {
+func (w *writer) header(name string, mode uint32, size int) { w.headerDev(name, mode, size, 0, 0) }
+
+func (w *writer) headerDev(name string, mode uint32, size int, rmajor, rminor uint32) {
 	if w.err != nil {
 		return
 	}
 	// magic, ino, mode, uid, gid, nlink, mtime, filesize, devmajor, devminor,
 	// rdevmajor, rdevminor, namesize, check — each 8 hex digits.
 	hdr := fmt.Sprintf("070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
-		w.ino, mode, 0, 0, 1, 0, size, 0, 0, 0, 0, len(name)+1, 0)
+		w.ino, mode, 0, 0, 1, 0, size, 0, 0, rmajor, rminor, len(name)+1, 0)
 	w.ino++
 	w.write([]byte(hdr + name + "\x00"))
 	w.pad(len(hdr) + len(name) + 1)
@@ -100,6 +95,11 @@ func (w *writer) file(name string, perm uint32, data []byte) {
 	w.header(name, 0o100000|perm, len(data))
 	w.write(data)
 	w.pad(len(data))
+}
+
+// node writes a device node (mode includes the file type bits).
+func (w *writer) node(name string, mode, major, minor uint32) {
+	w.headerDev(name, mode, 0, major, minor)
 }
 
 func (w *writer) trailer() { w.header("TRAILER!!!", 0, 0) }

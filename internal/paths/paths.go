@@ -87,6 +87,7 @@ func (l Layout) Database() string   { return filepath.Join(l.StateDir, "banger.d
 func (l Layout) DaemonLog() string  { return filepath.Join(l.StateDir, "bangerd.log") }
 func (l Layout) VMsDir() string     { return filepath.Join(l.StateDir, "vms") }
 func (l Layout) ImagesDir() string  { return filepath.Join(l.StateDir, "images") }
+func (l Layout) KernelsDir() string { return filepath.Join(l.StateDir, "kernels") }
 func (l Layout) SSHDir() string     { return filepath.Join(l.StateDir, "ssh") }
 func (l Layout) SSHKey() string     { return filepath.Join(l.SSHDir(), "id_ed25519") }
 func (l Layout) KnownHosts() string { return filepath.Join(l.SSHDir(), "known_hosts") }

@@ -20,9 +20,12 @@ func agentSocket(v store.VM) string { return filepath.Join(v.Dir, "agent.sock") 
 
 // hasAgent reports whether a running VM was booted with the guest agent.
 func hasAgent(v store.VM) bool {
-	if v.State != api.StateRunning {
-		return false
-	}
+	return v.State == api.StateRunning && bootedWithAgent(v)
+}
+
+// bootedWithAgent reports whether the VM's VMM was started with an agent
+// channel, whatever its state now (a stopping VM still has it).
+func bootedWithAgent(v store.VM) bool {
 	_, err := os.Stat(agentSocket(v))
 	return err == nil
 }

@@ -1,15 +1,14 @@
 package vm
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"regexp"
 
 	"banger/internal/api"
+	"banger/internal/kernel"
 	"banger/internal/rpc"
 	"banger/internal/store"
 )
@@ -27,12 +26,26 @@ func (s *Service) RegisterImage(ctx context.Context, p api.ImageRegisterParams) 
 	if im.RootFS, err = hostFile("--rootfs", p.RootFS, checkExt4); err != nil {
 		return api.Image{}, err
 	}
-	if im.Kernel, err = hostFile("--kernel", p.Kernel, checkKernel); err != nil {
-		return api.Image{}, err
-	}
-	if p.Initrd != "" {
-		if im.Initrd, err = hostFile("--initrd", p.Initrd, nil); err != nil {
+	var k store.Kernel
+	if p.KernelName != "" {
+		if p.Kernel != "" || p.Initrd != "" {
+			return api.Image{}, invalid("--kernel-name excludes --kernel and --initrd (banger makes the initramfs of a store kernel)")
+		}
+		if s.Kernels == nil {
+			return api.Image{}, invalid("--kernel-name: this daemon has no kernel store")
+		}
+		if k, err = s.Kernels.Get(ctx, p.KernelName); err != nil {
 			return api.Image{}, err
+		}
+		im.Kernel = kernel.Image(k)
+	} else {
+		if im.Kernel, err = hostFile("--kernel", p.Kernel, checkKernel); err != nil {
+			return api.Image{}, err
+		}
+		if p.Initrd != "" {
+			if im.Initrd, err = hostFile("--initrd", p.Initrd, nil); err != nil {
+				return api.Image{}, err
+			}
 		}
 	}
 	st, _ := os.Stat(im.RootFS)
@@ -49,8 +62,18 @@ func (s *Service) RegisterImage(ctx context.Context, p api.ImageRegisterParams) 
 	if err := s.Store.InsertImage(ctx, im); err != nil {
 		return api.Image{}, err
 	}
-	s.Log.Info("image registered", "image", im.Name, "rootfs", im.RootFS)
-	return imageView(im, nil), nil
+	if k.Name != "" {
+		if err := s.Store.SetImageKernel(ctx, im.Name, k.Name); err != nil {
+			if derr := s.Store.DeleteImage(context.WithoutCancel(ctx), im.Name); derr != nil {
+				err = fmt.Errorf("%w (and removing the image row: %v)", err, derr)
+			}
+			return api.Image{}, err
+		}
+	}
+	s.Log.Info("image registered", "image", im.Name, "rootfs", im.RootFS, "kernel", im.Kernel)
+	v := imageView(im, nil)
+	v.KernelName = k.Name
+	return v, nil
 }
 
 // hostFile resolves a user-given path to an absolute, symlink-free path of a
@@ -92,16 +115,8 @@ func checkExt4(f *os.File) error {
 	return nil
 }
 
-// checkKernel accepts an ELF vmlinux or an x86 bzImage ("HdrS" at 0x202).
-func checkKernel(f *os.File) error {
-	head := make([]byte, 0x206)
-	n, _ := io.ReadFull(f, head)
-	head = head[:n]
-	if bytes.HasPrefix(head, []byte("\x7fELF")) || (n >= 0x206 && string(head[0x202:0x206]) == "HdrS") {
-		return nil
-	}
-	return fmt.Errorf("not a kernel: want an ELF vmlinux or a bzImage")
-}
+// checkKernel accepts an ELF vmlinux or an x86 bzImage.
+func checkKernel(f *os.File) error { return kernel.CheckImage(f) }
 
 func imageView(im store.Image, usedBy []string) api.Image {
 	return api.Image{Name: im.Name, RootFS: im.RootFS, Kernel: im.Kernel, Initrd: im.Initrd, Managed: im.Managed,
@@ -133,7 +148,11 @@ func (s *Service) ListImages(ctx context.Context) ([]api.Image, error) {
 	}
 	out := make([]api.Image, 0, len(ims))
 	for _, im := range ims {
-		out = append(out, imageView(im, users[im.Name]))
+		v := imageView(im, users[im.Name])
+		if v.KernelName, err = s.Store.ImageKernel(ctx, im.Name); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
 	}
 	return out, nil
 }
@@ -148,7 +167,9 @@ func (s *Service) ShowImage(ctx context.Context, name string) (api.Image, error)
 	if err != nil {
 		return api.Image{}, err
 	}
-	return imageView(im, users[name]), nil
+	v := imageView(im, users[name])
+	v.KernelName, err = s.Store.ImageKernel(ctx, name)
+	return v, err
 }
 
 // DeleteImage removes an image; it refuses while a VM uses it or an

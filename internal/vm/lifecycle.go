@@ -19,6 +19,7 @@ import (
 	"banger/internal/disk"
 	"banger/internal/guest"
 	"banger/internal/initrd"
+	"banger/internal/kernel"
 	"banger/internal/rpc"
 	"banger/internal/store"
 	"banger/internal/vmm"
@@ -111,7 +112,7 @@ func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *sta
 		}
 		undo.push("deactivate root disk", func(ctx context.Context) error { return backend.Deactivate(ctx, v.Root) })
 		var initrdPath string
-		if initrdPath, channel, err = s.agentBoot(im, v); err != nil {
+		if initrdPath, channel, err = s.agentBoot(ctx, im, v); err != nil {
 			return err
 		}
 		// An unprivileged daemon's VMM gets its tap as a descriptor from
@@ -170,18 +171,42 @@ func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *sta
 	return nil
 }
 
-// agentBoot returns the initramfs to boot and the agent's host socket: the
-// image's initramfs with the agent appended when banger has an agent and the
-// image an initramfs (banger's init starts it), else the image's own and "".
-func (s *Service) agentBoot(im store.Image, v *store.VM) (initrdPath, channel string, err error) {
+// agentBoot returns the initramfs to boot and the agent's host socket. An
+// image booting a kernel-store kernel gets banger's generated initramfs
+// (banger-init, the kernel's virtio modules and the agent); one with its
+// own initramfs gets it with the agent appended (its init must start it);
+// without an agent or an initramfs the image's own is used and channel is "".
+func (s *Service) agentBoot(ctx context.Context, im store.Image, v *store.VM) (initrdPath, channel string, err error) {
+	kname, err := s.Store.ImageKernel(ctx, im.Name)
+	if err != nil {
+		return "", "", err
+	}
+	if s.Agent != "" {
+		channel = agentSocket(*v)
+	}
+	cache := filepath.Join(s.Paths.CacheDir, "initrd")
+	if kname != "" {
+		if s.Kernels == nil || s.Init == "" {
+			return "", "", fmt.Errorf("image %s boots kernel %s, whose initramfs needs banger-init installed next to bangerd", im.Name, kname)
+		}
+		k, err := s.Kernels.Get(ctx, kname)
+		if err != nil {
+			return "", "", err
+		}
+		p, err := kernel.Initramfs(k, cache, s.Init, s.Agent)
+		if err != nil {
+			return "", "", fmt.Errorf("initramfs for kernel %s: %w", kname, err)
+		}
+		return p, channel, nil
+	}
 	if s.Agent == "" || im.Initrd == "" {
 		return im.Initrd, "", nil
 	}
-	p, err := initrd.WithAgent(filepath.Join(s.Paths.CacheDir, "initrd"), im.Initrd, s.Agent)
+	p, err := initrd.WithAgent(cache, im.Initrd, s.Agent)
 	if err != nil {
 		return "", "", fmt.Errorf("add the guest agent to %s: %w", im.Initrd, err)
 	}
-	return p, filepath.Join(v.Dir, "agent.sock"), nil
+	return p, channel, nil
 }
 
 // waitGuest waits until the guest is ready — its agent answers when it has
@@ -451,14 +476,15 @@ func (s *Service) shutdownGuest(ctx context.Context, v *store.VM, m vmm.Machine,
 }
 
 // poweroffCmd asks the guest to flush and power off; --no-block returns
-// before the services (sshd, the agent) are stopped.
-var poweroffCmd = []string{"sh", "-c", "sync; systemctl poweroff --no-block 2>/dev/null || poweroff"}
+// before the services (sshd, the agent) are stopped. Without systemd,
+// poweroff (busybox's signals PID 1 with SIGUSR2); in an image without a
+// poweroff program, SIGUSR2 to banger-init as PID 1 does the same.
+var poweroffCmd = []string{"sh", "-c", "sync; systemctl poweroff --no-block 2>/dev/null || poweroff 2>/dev/null || kill -USR2 1"}
 
 // poweroffViaAgent asks a guest with the agent to power off, reporting
-// whether it was asked. v is stopping, so hasAgent (running VMs only) does
-// not apply: the agent's socket is what counts.
+// whether it was asked. (v is already marked stopping.)
 func (s *Service) poweroffViaAgent(ctx context.Context, v *store.VM) bool {
-	if _, err := os.Stat(agentSocket(*v)); err != nil {
+	if !bootedWithAgent(*v) {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)

@@ -17,6 +17,7 @@ import (
 	"banger/internal/disk"
 	"banger/internal/guest"
 	"banger/internal/hostnet"
+	"banger/internal/kernel"
 	"banger/internal/netfilter"
 	"banger/internal/paths"
 	"banger/internal/privileged"
@@ -52,8 +53,14 @@ type Deps struct {
 	// Agent is the guest agent binary given to guests through their
 	// initramfs ("" for none: readiness then uses SSH).
 	Agent string
-	Net   hostnet.Config
-	Log   *slog.Logger
+	// Init is banger-init, the /init of the initramfs banger generates for
+	// images that boot a kernel-store kernel ("" for none: such images
+	// cannot boot).
+	Init string
+	// Kernels is the kernel store (nil: images cannot use store kernels).
+	Kernels *kernel.Store
+	Net     hostnet.Config
+	Log     *slog.Logger
 }
 
 // Names is where running VMs' addresses are published (the daemon's DNS).

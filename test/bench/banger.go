@@ -28,11 +28,12 @@ type banger struct {
 	status api.DaemonStatus // as read after the daemon started
 }
 
-// buildBanger builds banger, bangerd and the (static) guest agent into <dir>/bin.
+// buildBanger builds banger, bangerd and the (static) guest agent and
+// banger-init into <dir>/bin.
 func buildBanger(ctx context.Context, root, dir string) (*banger, error) {
 	bin := filepath.Join(dir, "bin")
 	logf("building banger and bangerd into %s", bin)
-	for _, pkgs := range [][]string{{"./cmd/banger", "./cmd/bangerd"}, {"./cmd/banger-agent"}} {
+	for _, pkgs := range [][]string{{"./cmd/banger", "./cmd/bangerd"}, {"./cmd/banger-agent", "./cmd/banger-init"}} {
 		c := command(ctx, append([]string{goBinary(), "build", "-o", bin + "/"}, pkgs...)...)
 		c.Dir = root
 		c.Env = append(os.Environ(), "CGO_ENABLED=0") // the agent runs in guests: static
@@ -114,8 +115,11 @@ func (bg *banger) run(ctx context.Context, args ...string) (string, error) {
 // (the first CLI call does), so the timed creates never include its start.
 // `daemon status` also settles the accelerator choice before timing.
 func (bg *banger) prepare(ctx context.Context, g guestFiles) error {
+	if _, err := bg.run(ctx, "kernel", "import", "fixture", "--kernel", g.kernel, "--modules", g.modules); err != nil {
+		return err
+	}
 	if _, err := bg.run(ctx, "image", "register", "--name", "default",
-		"--rootfs", g.rootfs, "--kernel", g.kernel, "--initrd", g.initrd); err != nil {
+		"--rootfs", g.rootfs, "--kernel-name", "fixture"); err != nil {
 		return err
 	}
 	st, err := bg.daemonStatus(ctx)

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"banger/internal/initrd"
 	"banger/internal/vmm/qemu"
 )
 
@@ -105,6 +106,11 @@ func (b *bench) setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The raw runs boot banger's initramfs too (without the agent: they wait for SSH).
+	if b.guest.initrd, err = initrd.Build(filepath.Join(b.dir, "initrd"), initrd.Spec{
+		Init: filepath.Join(bg.bin, "banger-init"), Modules: b.guest.modules}); err != nil {
+		return err
+	}
 	ns, err := newNetns(ctx, &b.undo)
 	if err != nil {
 		return err
@@ -158,7 +164,8 @@ func (b *bench) cleanup() error { return b.undo.run() }
 
 // guestFiles is the test guest built by test/fixture/build-guest.sh.
 type guestFiles struct {
-	dir, kernel, initrd, rootfs, release string
+	dir, kernel, modules, rootfs, release string
+	initrd                                string // banger's initramfs for the raw runs (made in setup)
 }
 
 func findGuest(root, dir string) (guestFiles, error) {
@@ -174,9 +181,9 @@ func findGuest(root, dir string) (guestFiles, error) {
 	if _, err := os.Stat(filepath.Join(dir, ".complete")); err != nil {
 		return guestFiles{}, fmt.Errorf("test guest %s is missing or incomplete (no .complete): %s", dir, hint)
 	}
-	g := guestFiles{dir: dir, kernel: filepath.Join(dir, "vmlinuz"), initrd: filepath.Join(dir, "initrd.img"),
+	g := guestFiles{dir: dir, kernel: filepath.Join(dir, "vmlinuz"), modules: filepath.Join(dir, "modules"),
 		rootfs: filepath.Join(dir, "rootfs.ext4")}
-	for _, f := range []string{g.kernel, g.initrd, g.rootfs} {
+	for _, f := range []string{g.kernel, g.modules, g.rootfs} {
 		if _, err := os.Stat(f); err != nil {
 			return guestFiles{}, fmt.Errorf("test guest: %w: %s", err, hint)
 		}
@@ -186,6 +193,7 @@ func findGuest(root, dir string) (guestFiles, error) {
 		return guestFiles{}, fmt.Errorf("test guest: %w: %s", err, hint)
 	}
 	g.release = strings.TrimSpace(string(rel))
+	g.modules = filepath.Join(g.modules, g.release)
 	return g, nil
 }
 

@@ -189,10 +189,23 @@ func (e *env) ssh(vm string, argv ...string) string {
 	return e.must(append([]string{"vm", "ssh", vm, "--"}, argv...)...)
 }
 
+// fixtureKernel is the name of the fixture's kernel in each scenario's kernel store.
+const fixtureKernel = "fixture"
+
+// registerImage registers the fixture as the default image, booting the
+// fixture's kernel through banger's own initramfs.
 func (e *env) registerImage() {
 	e.t.Helper()
+	e.importKernel()
 	e.must("image", "register", "--name", "default", "--rootfs", filepath.Join(guestDir, "rootfs.ext4"),
-		"--kernel", filepath.Join(guestDir, "vmlinuz"), "--initrd", filepath.Join(guestDir, "initrd.img"))
+		"--kernel-name", fixtureKernel)
+}
+
+// importKernel imports the fixture's kernel and modules as fixtureKernel.
+func (e *env) importKernel() {
+	e.t.Helper()
+	e.must("kernel", "import", fixtureKernel, "--kernel", filepath.Join(guestDir, "vmlinuz"),
+		"--modules", filepath.Join(guestDir, "modules"))
 }
 
 func (e *env) show(name string) api.VM {

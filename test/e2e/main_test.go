@@ -22,7 +22,7 @@ import (
 
 var (
 	binDir   string // banger + bangerd built for this run
-	guestDir string // fixture: rootfs.ext4, vmlinuz, initrd.img, kernel-release
+	guestDir string // fixture: rootfs.ext4, vmlinuz, modules/RELEASE, kernel-release
 	testRoot string // every file the suite makes lives under here
 )
 
@@ -58,8 +58,8 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "e2e: build: %v\n%s", err, out)
 		return 1
 	}
-	// The guest agent runs in guests: static, next to bangerd, which finds it there.
-	build = exec.Command("go", "build", "-o", binDir+"/", "./cmd/banger-agent")
+	// The guest agent and banger-init run in guests: static, next to bangerd, which finds them there.
+	build = exec.Command("go", "build", "-o", binDir+"/", "./cmd/banger-agent", "./cmd/banger-init")
 	build.Dir = root
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
