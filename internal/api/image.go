@@ -51,6 +51,15 @@ type Image struct {
 }
 
 // ImagePullParams pulls an image from a registry into banger's store.
+// DefaultImage is the image `vm create` boots without --image, and
+// DefaultImageSource what `vm create`/`vm run` pull under that name on first
+// use: the catalog bundle of that name, else its recipe built from the
+// host's Debian package source.
+const (
+	DefaultImage       = "default"
+	DefaultImageSource = "debian-bookworm"
+)
+
 type ImagePullParams struct {
 	// Ref is a registry reference, e.g. "docker.io/library/debian:bookworm"
 	// or "127.0.0.1:5000/test:1".
@@ -63,6 +72,10 @@ type ImagePullParams struct {
 	Size string `json:"size,omitempty"`
 	// Insecure allows plain HTTP to a registry that is not local.
 	Insecure bool `json:"insecure,omitempty"`
+	// Build makes a built-in recipe (Ref names it, e.g. "debian-bookworm")
+	// from the host's Debian package source instead of downloading its
+	// catalog bundle.
+	Build bool `json:"build,omitempty"`
 }
 
 // ImageCachePruneParams removes cached registry blobs.

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -12,6 +13,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/image"
+	"banger/internal/rpc"
 )
 
 func (a *app) imageCmd() *cobra.Command {
@@ -122,16 +124,8 @@ func (a *app) imagePullCmd() *cobra.Command {
 				return err
 			}
 			defer cl.Close()
-			var op api.Op
-			if err := cl.Call(ctx, api.MethodImagePull, p, &op); err != nil {
-				return err
-			}
-			fmt.Fprintf(a.stderr, "pulling %s as image %s\n", p.Ref, op.Image)
-			if _, err := a.follow(ctx, cl, op, "pull of "+op.Image); err != nil {
-				return err
-			}
-			var im api.Image
-			if err := cl.Call(ctx, api.MethodImageShow, api.ImageRef{Name: op.Image}, &im); err != nil {
+			im, err := a.pullImage(ctx, cl, p)
+			if err != nil {
 				return err
 			}
 			if a.json {
@@ -144,7 +138,23 @@ func (a *app) imagePullCmd() *cobra.Command {
 	c.Flags().StringVar(&p.Name, "name", "", "image name (default: from the reference, e.g. debian-bookworm)")
 	c.Flags().StringVar(&p.Size, "size", "", "root filesystem size, e.g. 4GiB or 512M (default: from the content)")
 	c.Flags().BoolVar(&p.Insecure, "insecure", false, "allow plain HTTP to a registry that is not local")
+	c.Flags().BoolVar(&p.Build, "build", false, "build a built-in recipe (e.g. debian-bookworm) from the host's Debian packages instead of downloading it")
 	return a.addJSON(c)
+}
+
+// pullImage runs an image pull, drawing its progress, and returns the image.
+func (a *app) pullImage(ctx context.Context, cl *rpc.Client, p api.ImagePullParams) (api.Image, error) {
+	var op api.Op
+	if err := cl.Call(ctx, api.MethodImagePull, p, &op); err != nil {
+		return api.Image{}, err
+	}
+	fmt.Fprintf(a.stderr, "pulling %s as image %s\n", p.Ref, op.Image)
+	if _, err := a.follow(ctx, cl, op, "pull of "+op.Image); err != nil {
+		return api.Image{}, err
+	}
+	var im api.Image
+	err := cl.Call(ctx, api.MethodImageShow, api.ImageRef{Name: op.Image}, &im)
+	return im, err
 }
 
 func (a *app) imagePromoteCmd() *cobra.Command {

@@ -84,6 +84,11 @@ func (a *app) create(ctx context.Context, p api.VMCreateParams) (api.VM, error) 
 		return api.VM{}, err
 	}
 	defer cl.Close()
+	if p.Image == "" {
+		if err := a.ensureDefaultImage(ctx, cl); err != nil {
+			return api.VM{}, err
+		}
+	}
 	var op api.Op
 	if err := cl.Call(ctx, api.MethodVMCreate, p, &op); err != nil {
 		return api.VM{}, err
@@ -95,6 +100,19 @@ func (a *app) create(ctx context.Context, p api.VMCreateParams) (api.VM, error) 
 	var v api.VM
 	err = cl.Call(ctx, api.MethodVMShow, api.VMRef{Name: op.VM}, &v)
 	return v, err
+}
+
+// ensureDefaultImage pulls the default image on first use: the catalog
+// bundle of api.DefaultImageSource, or its recipe built from the host's
+// Debian packages, with its kernel. Later creates find it at once.
+func (a *app) ensureDefaultImage(ctx context.Context, cl *rpc.Client) error {
+	err := cl.Call(ctx, api.MethodImageShow, api.ImageRef{Name: api.DefaultImage}, nil)
+	if rpc.CodeOf(err) != rpc.CodeNotFound {
+		return err
+	}
+	fmt.Fprintf(a.stderr, "no default image yet: getting %s and its kernel (first use only; later VMs start at once)\n", api.DefaultImageSource)
+	_, err = a.pullImage(ctx, cl, api.ImagePullParams{Ref: api.DefaultImageSource, Name: api.DefaultImage})
+	return err
 }
 
 // follow draws an asynchronous operation's stages until it ends and cancels

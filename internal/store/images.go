@@ -38,6 +38,7 @@ const (
 	SourceOCI        = "oci"
 	SourceCatalog    = "catalog"
 	SourcePromoted   = "promoted"
+	SourceRecipe     = "recipe" // built from a recipe of Debian packages
 )
 
 const imageCols = `name, rootfs, kernel, initrd, managed, size_bytes, created_at, source, ref, digest, dir, content_bytes, work_seed`

@@ -2,6 +2,7 @@ package vm
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/image"
+	"banger/internal/recipe"
 	"banger/internal/rpc"
 	"banger/internal/store"
 )
@@ -50,7 +52,7 @@ func (s *Service) pullBundle(ctx context.Context, e image.CatalogEntry, p api.Im
 	if !imageNameRE.MatchString(name) {
 		return api.Op{}, invalid("image name %q: use 1-64 lowercase letters, digits, '.', '_' and '-', starting and ending with a letter or digit (--name)", name)
 	}
-	kernel, initrd, err := s.pullKernel()
+	bk, err := s.pullKernel(ctx)
 	if err != nil {
 		return api.Op{}, err
 	}
@@ -75,7 +77,7 @@ func (s *Service) pullBundle(ctx context.Context, e image.CatalogEntry, p api.Im
 			delete(s.images.busy, name)
 			s.reserve.Unlock()
 		}()
-		return s.runBundlePull(ctx, name, e, kernel, initrd, report)
+		return s.runBundlePull(ctx, name, e, bk, report)
 	})
 	if s.images.bundlePulls == nil {
 		s.images.bundlePulls = map[string]string{}
@@ -84,18 +86,45 @@ func (s *Service) pullBundle(ctx context.Context, e image.CatalogEntry, p api.Im
 	return op, nil
 }
 
-func (s *Service) runBundlePull(ctx context.Context, name string, e image.CatalogEntry, kernel, initrd string, report Reporter) error {
-	return s.inStaging(name, func(staging string) error {
-		return s.buildBundle(ctx, staging, name, e, kernel, initrd, newStages(name, s.Log, report))
+func (s *Service) runBundlePull(ctx context.Context, name string, e image.CatalogEntry, bk bootKernel, report Reporter) error {
+	st := newStages(name, s.Log, report)
+	err := s.inStaging(name, func(staging string) error {
+		return s.buildBundle(ctx, staging, name, e, bk, st)
 	})
+	// The catalog host may be unreachable (offline, or no bundle published
+	// yet): an image with a recipe is then built from the host's Debian
+	// package source instead.
+	var dl *downloadError
+	if errors.As(err, &dl) && ctx.Err() == nil {
+		if r, rerr := recipe.Get(e.Name); rerr == nil {
+			s.Log.Warn("catalog bundle unavailable; building the image from its recipe", "image", name, "err", dl.err)
+			st.note("bundle unavailable (" + dl.err.Error() + "); building from the recipe")
+			return s.inStaging(name, func(staging string) error {
+				return s.buildRecipe(ctx, staging, name, r, bk, st)
+			})
+		}
+	}
+	return err
 }
 
-func (s *Service) buildBundle(ctx context.Context, staging, name string, e image.CatalogEntry, kernel, initrd string, st *stages) error {
+// downloadError marks a failed bundle download (the recipe fallback's cue).
+type downloadError struct{ err error }
+
+func (e *downloadError) Error() string { return e.err.Error() }
+func (e *downloadError) Unwrap() error { return e.err }
+
+func (s *Service) buildBundle(ctx context.Context, staging, name string, e image.CatalogEntry, bk bootKernel, st *stages) error {
+	if err := s.ensureKernel(ctx, &bk, st); err != nil {
+		return err
+	}
 	bundle := filepath.Join(staging, "bundle.tar.zst")
 	if err := st.run(ctx, StageDownloadBundle, func() error {
-		return image.Download(ctx, http.DefaultClient, e, bundle, func(done, total int64) {
+		if err := image.Download(ctx, http.DefaultClient, e, bundle, func(done, total int64) {
 			st.progress(StageDownloadBundle, done, total, e.Name)
-		})
+		}); err != nil {
+			return &downloadError{err}
+		}
+		return nil
 	}); err != nil {
 		return err
 	}
@@ -122,12 +151,12 @@ func (s *Service) buildBundle(ctx context.Context, staging, name string, e image
 		if err := image.WriteMeta(staging, image.Meta{Source: store.SourceCatalog, Ref: e.Name, Name: e.URL, Digest: "sha256:" + e.SHA256}); err != nil {
 			return err
 		}
-		im := store.Image{Name: name, Kernel: kernel, Initrd: initrd, Managed: true, SizeBytes: fi.Size(),
+		im := store.Image{Name: name, Kernel: bk.Kernel, Initrd: bk.Initrd, Managed: true, SizeBytes: fi.Size(),
 			CreatedAt: nowUTC(), Source: store.SourceCatalog, Ref: e.Name, Digest: "sha256:" + e.SHA256,
 			ContentBytes: m.ContentBytes}
 		if m.WorkSeed {
 			im.WorkSeed = image.SeedDir // made absolute by commitImage
 		}
-		return s.commitImage(staging, im)
+		return s.commitImage(staging, im, bk.Name)
 	})
 }

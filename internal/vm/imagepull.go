@@ -15,6 +15,7 @@ import (
 	"banger/internal/disk"
 	"banger/internal/image"
 	"banger/internal/oci"
+	"banger/internal/recipe"
 	"banger/internal/rpc"
 	"banger/internal/store"
 )
@@ -65,25 +66,6 @@ func (s *Service) imageStore() image.Store { return image.Store{Dir: s.Paths.Ima
 
 func (s *Service) blobCacheDir() string { return filepath.Join(s.Paths.CacheDir, "oci") }
 
-// pullKernel returns the kernel and initrd that images pulled from a
-// registry boot with: [image] kernel and initrd of the config for now.
-// (The kernel store's default kernel replaces this.)
-func (s *Service) pullKernel() (kernel, initrd string, err error) {
-	if s.Config.Image.Kernel == "" {
-		return "", "", rpc.Errorf(rpc.CodeFailedPrecondition,
-			"pulled images need a kernel: set [image] kernel (and initrd) in config.toml to a vmlinux/bzImage and banger's initramfs")
-	}
-	if kernel, err = hostFile("[image] kernel", s.Config.Image.Kernel, checkKernel); err != nil {
-		return "", "", err
-	}
-	if s.Config.Image.Initrd != "" {
-		if initrd, err = hostFile("[image] initrd", s.Config.Image.Initrd, nil); err != nil {
-			return "", "", err
-		}
-	}
-	return kernel, initrd, nil
-}
-
 // PullImage validates p, claims the image name and begins the asynchronous
 // pull: download layers (cached), flatten them, inject banger's guest
 // files, build the ext4, and register the image. A failure or cancel
@@ -94,13 +76,25 @@ func (s *Service) PullImage(ctx context.Context, p api.ImagePullParams) (api.Op,
 		return api.Op{}, invalid("image pull: give a registry reference, e.g. docker.io/library/debian:bookworm")
 	}
 	if isPlainName(ref) {
+		r, rerr := recipe.Get(ref)
+		if p.Build {
+			if rerr != nil {
+				return api.Op{}, invalid("--build: %v", rerr)
+			}
+			return s.pullRecipe(ctx, r, p)
+		}
 		cat, err := s.imageCatalog(ctx)
-		if err != nil {
+		if err != nil && rerr != nil {
 			return api.Op{}, err
 		}
-		if e, ok := cat.Lookup(ref); ok {
+		if e, ok := cat.Lookup(ref); ok && err == nil {
 			return s.pullBundle(ctx, e, p)
 		}
+		if rerr == nil { // no bundle published (or no catalog answers): build it here
+			return s.pullRecipe(ctx, r, p)
+		}
+	} else if p.Build {
+		return api.Op{}, invalid("--build takes the name of a built-in recipe (e.g. %s), not a registry reference", DefaultImageSource)
 	}
 	if err := image.CheckRef(ref); err != nil {
 		return api.Op{}, invalid("%v", err)
@@ -119,7 +113,7 @@ func (s *Service) PullImage(ctx context.Context, p api.ImagePullParams) (api.Op,
 			return api.Op{}, invalid("--size: %v", err)
 		}
 	}
-	kernel, initrd, err := s.pullKernel()
+	bk, err := s.pullKernel(ctx)
 	if err != nil {
 		return api.Op{}, err
 	}
@@ -132,7 +126,7 @@ func (s *Service) PullImage(ctx context.Context, p api.ImagePullParams) (api.Op,
 	s.Log.Info("image pull begins", "image", name, "ref", ref)
 	return s.ops.beginOp(api.Op{Kind: api.MethodImagePull, Image: name}, func(ctx context.Context, report Reporter) error {
 		defer s.releaseImage(name)
-		return s.runPull(ctx, name, req, kernel, initrd, report)
+		return s.runPull(ctx, name, req, bk, report)
 	}), nil
 }
 
@@ -155,13 +149,16 @@ func (s *Service) inStaging(name string, build func(staging string) error) (err 
 	return build(staging)
 }
 
-func (s *Service) runPull(ctx context.Context, name string, req image.OCIRequest, kernel, initrd string, report Reporter) error {
+func (s *Service) runPull(ctx context.Context, name string, req image.OCIRequest, bk bootKernel, report Reporter) error {
 	return s.inStaging(name, func(staging string) error {
-		return s.buildPull(ctx, staging, name, req, kernel, initrd, newStages(name, s.Log, report))
+		return s.buildPull(ctx, staging, name, req, bk, newStages(name, s.Log, report))
 	})
 }
 
-func (s *Service) buildPull(ctx context.Context, staging, name string, req image.OCIRequest, kernel, initrd string, st *stages) error {
+func (s *Service) buildPull(ctx context.Context, staging, name string, req image.OCIRequest, bk bootKernel, st *stages) error {
+	if err := s.ensureKernel(ctx, &bk, st); err != nil {
+		return err
+	}
 	res, err := image.BuildFromOCI(ctx, req, staging,
 		func(stage string, fn func() error) error { return st.run(ctx, stage, fn) },
 		func(done, total int64, detail string) { st.progress(image.StagePull, done, total, detail) })
@@ -169,20 +166,20 @@ func (s *Service) buildPull(ctx context.Context, staging, name string, req image
 		return err
 	}
 	return st.run(ctx, StageRegister, func() error {
-		im := store.Image{Name: name, Kernel: kernel, Initrd: initrd, Managed: true,
+		im := store.Image{Name: name, Kernel: bk.Kernel, Initrd: bk.Initrd, Managed: true,
 			SizeBytes: res.SizeBytes, CreatedAt: nowUTC(), Source: store.SourceOCI, Ref: req.Ref, Digest: res.Digest,
 			ContentBytes: res.ContentBytes}
 		if res.WorkSeed {
 			im.WorkSeed = image.SeedDir // made absolute by commitImage
 		}
-		return s.commitImage(staging, im)
+		return s.commitImage(staging, im, bk.Name)
 	})
 }
 
 // commitImage renames staging into the store as im.Name and inserts the
-// row (RootFS and Dir filled in); when the insert fails the directory is
-// removed again.
-func (s *Service) commitImage(staging string, im store.Image) error {
+// row (RootFS and Dir filled in), linked to the store kernel kernelName
+// when not ""; when a write fails the row and the directory are removed.
+func (s *Service) commitImage(staging string, im store.Image, kernelName string) error {
 	is := s.imageStore()
 	dir, err := is.Commit(staging, im.Name)
 	if err != nil {
@@ -196,6 +193,12 @@ func (s *Service) commitImage(staging string, im store.Image) error {
 	defer cancel()
 	if err := s.Store.InsertImage(ctx, im); err != nil {
 		return errors.Join(fmt.Errorf("record image %s: %w", im.Name, err), is.Remove(im.Name))
+	}
+	if kernelName != "" {
+		if err := s.Store.SetImageKernel(ctx, im.Name, kernelName); err != nil {
+			return errors.Join(fmt.Errorf("link image %s to kernel %s: %w", im.Name, kernelName, err),
+				s.Store.DeleteImage(ctx, im.Name), is.Remove(im.Name))
+		}
 	}
 	s.Log.Info("image stored", "image", im.Name, "source", im.Source, "dir", dir, "bytes", im.SizeBytes)
 	return nil

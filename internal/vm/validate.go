@@ -64,12 +64,13 @@ func (s *Service) validateCreate(ctx context.Context, p api.VMCreateParams) (cre
 	}
 	imageName := p.Image
 	if imageName == "" {
-		imageName = "default"
+		imageName = DefaultImage
 	}
 	r.image, err = s.Store.GetImage(ctx, imageName)
 	if errors.Is(err, store.ErrNotFound) {
 		if p.Image == "" {
-			return r, rpc.Errorf(rpc.CodeNotFound, "no --image given and no image named \"default\"; register one with `banger image register --name default --rootfs FILE --kernel FILE [--initrd FILE]`")
+			return r, rpc.Errorf(rpc.CodeNotFound, "no --image given and no image named %q; get it with `banger image pull %s --name %s` (vm create and vm run do that on first use), or register one with `banger image register --name %s --rootfs FILE --kernel FILE [--initrd FILE]`",
+				DefaultImage, DefaultImageSource, DefaultImage, DefaultImage)
 		}
 		return r, rpc.Errorf(rpc.CodeNotFound, "no image named %q (see `banger image list`)", p.Image)
 	}
