@@ -81,6 +81,10 @@ type Env struct {
 	// (privileged.DefaultPolicyFile when empty).
 	HelperPolicy string
 
+	// RecipeCheck says whether a built-in image recipe can be built here
+	// (nil: recipe.Check).
+	RecipeCheck func(ctx context.Context, name string) error
+
 	// facts caches what several checks read (config, store); Run fills it.
 	facts *facts
 }

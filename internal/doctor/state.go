@@ -15,6 +15,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/config"
+	"banger/internal/recipe"
 	"banger/internal/rpc"
 )
 
@@ -68,7 +69,7 @@ func checkStore(_ context.Context, env Env) Result {
 }
 
 // checkDefaultImage: `vm create` without --image uses the image "default".
-func checkDefaultImage(_ context.Context, env Env) Result {
+func checkDefaultImage(ctx context.Context, env Env) Result {
 	si := env.stateFacts()
 	if si.err != nil {
 		return warn("cannot read the images: "+si.err.Error(), "fix the store check first")
@@ -100,11 +101,22 @@ func checkDefaultImage(_ context.Context, env Env) Result {
 		}
 		return pass(ev)
 	}
-	ev := "no default image"
+	ev := "no default image yet"
 	if len(names) > 0 {
-		ev += fmt.Sprintf(" (registered: %s; `vm create` needs --image)", strings.Join(names, ", "))
+		ev += fmt.Sprintf(" (other images: %s)", strings.Join(names, ", "))
 	}
-	return warn(ev+": register one with `banger image register --name default ...`", registerHint)
+	// vm create pulls it on first use: no catalog bundle is published, so
+	// it is built from its recipe on this host.
+	check := env.RecipeCheck
+	if check == nil {
+		check = func(ctx context.Context, name string) error { _, err := recipe.Check(ctx, name); return err }
+	}
+	if err := check(ctx, api.DefaultImageSource); err != nil {
+		return warn(ev+"; vm create would build "+api.DefaultImageSource+" from this host's Debian packages, but: "+err.Error(),
+			"fix that, or "+registerHint)
+	}
+	return pass(ev + "; vm create gets it on first use: " + api.DefaultImageSource +
+		" built from this host's Debian packages (a few minutes, once) with the debian-cloud kernel through apt")
 }
 
 // checkSSHKey: the daemon's key for guests, created on its first start.
