@@ -3,10 +3,12 @@ package disk
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -278,4 +280,67 @@ func TestExtractDirSeedsWorkDisk(t *testing.T) {
 		t.Fatal("hostile.ext4 left behind")
 	}
 	t.Logf("refused: %v", err)
+}
+
+// TestExtractDirUnprivileged: a daemon that is not root extracts an image's
+// root-owned /root (rdump cannot chown; the copy is still complete). The
+// extraction runs in a child test process as uid/gid 65534.
+func TestExtractDirUnprivileged(t *testing.T) {
+	if img := os.Getenv("BANGER_TEST_EXTRACT_IMG"); img != "" { // the child
+		seed, err := ExtractDir(context.Background(), img, "/root", os.Getenv("BANGER_TEST_EXTRACT_DIR"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, err := os.ReadFile(filepath.Join(seed, ".bashrc")); err != nil || string(b) != "PS1='x '\n" {
+			t.Fatalf("extracted .bashrc = %q, %v", b, err)
+		}
+		return
+	}
+	needTools(t, "mkfs.ext4", "debugfs")
+	if os.Geteuid() != 0 {
+		t.Fatal("this test runs as root (it starts its child as uid 65534)")
+	}
+	// A directory uid 65534 can reach: the test binary, the image, the output.
+	dir, err := os.MkdirTemp("/tmp", "bangertest-extract-") // not $TMPDIR: it may be private (0700)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	out := filepath.Join(dir, "out")
+	for _, d := range []string{dir, out} {
+		if err := os.MkdirAll(d, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(d, 0o777); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img := filepath.Join(dir, "image.ext4")
+	if err := CreateWorkDisk(context.Background(), img, 32<<20, "", []File{
+		{Path: "root", Mode: os.ModeDir | 0o700},
+		{Path: "root/.bashrc", Mode: 0o644, Data: []byte("PS1='x '\n")},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(img, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.ReadFile("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "disk.test")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^TestExtractDirUnprivileged$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "BANGER_TEST_EXTRACT_IMG="+img, "BANGER_TEST_EXTRACT_DIR="+out, "TMPDIR="+dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("ExtractDir as uid 65534: %v\n%s", err, b)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(out, "root", ".bashrc"), &st); err != nil || st.Uid != 65534 {
+		t.Fatalf("the child's copy: uid %d, %v", st.Uid, err)
+	}
 }

@@ -127,7 +127,7 @@ func checkAccel(ctx context.Context, env Env) Result {
 	case kvmErr != nil:
 		return warn(ev, kvmRemedy)
 	case env.probeKernel() == "":
-		return warn(ev, "register an image so the KVM probe can run: "+registerHint)
+		return warn(ev, "none needed now: the probe runs once the first image exists (vm create gets the default image and its kernel on first use; or banger kernel pull)")
 	case strings.Contains(why, "does not boot"):
 		return warn(ev, fmt.Sprintf("nothing to fix on this host (its KVM cannot run a stock kernel, e.g. PVM); "+
 			"set qemu.accel = \"tcg\" in %s to skip the probe", env.ConfigPath))
