@@ -66,9 +66,13 @@ type Config struct {
 	Image struct {
 		// Kernel and Initrd boot images pulled from a registry (they have
 		// none of their own): absolute paths of a vmlinux/bzImage and of
-		// banger's initramfs.
+		// an initramfs. Unset (the default), pulled images boot
+		// DefaultKernel from banger's kernel store.
 		Kernel string `toml:"kernel"`
 		Initrd string `toml:"initrd"`
+		// DefaultKernel is the store kernel pulled images boot ("" means
+		// debian-cloud, which an image pull fetches when missing).
+		DefaultKernel string `toml:"default_kernel"`
 		// CatalogURL replaces the image catalog compiled into banger
 		// (http:// or https:// URL of a catalog JSON).
 		CatalogURL string `toml:"catalog_url"`

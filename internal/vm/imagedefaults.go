@@ -33,8 +33,9 @@ const StagePullKernel = "kernel: "
 const StageRecipe = "recipe: "
 
 // bootKernel is the kernel a pulled image boots with: [image] kernel and
-// initrd of the config when set, else the kernel store's default kernel
-// (Name set), which an image pull fetches first when it is missing (pull).
+// initrd of the config when set, else the store kernel [image]
+// default_kernel (debian-cloud by default; Name set), which an image pull
+// fetches first when it is missing (pull).
 type bootKernel struct {
 	Kernel, Initrd string
 	Name           string // store kernel; its initramfs is banger's own
@@ -62,12 +63,19 @@ func (s *Service) pullKernel(ctx context.Context) (bootKernel, error) {
 		return bk, rpc.Errorf(rpc.CodeFailedPrecondition,
 			"pulled images need a kernel: set [image] kernel (and initrd) in config.toml, or run a daemon with a kernel store")
 	}
-	bk.Name = kernel.DefaultName
+	bk.Name = s.Config.Image.DefaultKernel
+	if bk.Name == "" {
+		bk.Name = kernel.DefaultName
+	}
 	k, err := s.Kernels.Get(ctx, bk.Name)
 	switch {
 	case err == nil:
 		bk.Kernel = kernel.Image(k)
 	case errors.Is(err, store.ErrNotFound) || rpc.CodeOf(err) == rpc.CodeNotFound:
+		if _, ok := kernel.Lookup(bk.Name); !ok {
+			return bk, rpc.Errorf(rpc.CodeFailedPrecondition,
+				"[image] default_kernel = %q: no such kernel in the store (see `banger kernel list`) and none to pull by that name", bk.Name)
+		}
 		bk.pull = true
 	default:
 		return bk, err

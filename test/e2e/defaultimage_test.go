@@ -53,8 +53,9 @@ func TestDefaultImage(t *testing.T) {
 	}
 	dir := defaultImage(t, r)
 	e := newEnv(t, envOpts{})
+	e.importKernel()
 	e.must("image", "register", "--name", r.Name, "--rootfs", filepath.Join(dir, recipe.RootFSFile),
-		"--kernel", filepath.Join(guestDir, "vmlinuz"), "--initrd", filepath.Join(guestDir, "initrd.img"))
+		"--kernel-name", fixtureKernel)
 
 	start := time.Now()
 	e.must("vm", "create", "--image", r.Name, "--name", "dev")

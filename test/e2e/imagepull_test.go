@@ -99,6 +99,7 @@ func TestImagePull(t *testing.T) {
 	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	e.importKernel()
 
 	tree := filepath.Join(e.home, "base-tree")
 	if err := os.Mkdir(tree, 0o755); err != nil {
@@ -239,11 +240,11 @@ func TestImagePull(t *testing.T) {
 	}
 }
 
-// pullEnv is a scenario whose daemon can pull images (a kernel from the
-// fixture) from a registry in its namespace.
+// pullEnv is a scenario whose daemon can pull images from a registry in its
+// namespace; they boot the fixture's kernel, which the caller imports with
+// e.importKernel() (that starts the daemon: change the config before).
 func pullEnv(t *testing.T, vars ...string) (*env, *ocitest.Registry) {
-	e := newEnv(t, envOpts{vars: vars, config: fmt.Sprintf("[image]\nkernel = %q\ninitrd = %q\n",
-		filepath.Join(guestDir, "vmlinuz"), filepath.Join(guestDir, "initrd.img"))})
+	e := newEnv(t, envOpts{vars: vars, config: fmt.Sprintf("[image]\ndefault_kernel = %q\n", fixtureKernel)})
 	return e, ocitest.StartOn(t, e.listenInNS())
 }
 
@@ -253,6 +254,7 @@ func pullEnv(t *testing.T, vars ...string) (*env, *ocitest.Registry) {
 func TestImagePullCtrlC(t *testing.T) {
 	t.Parallel()
 	e, reg := pullEnv(t, "BANGER_TEST_HOLD_STAGE=build ext4")
+	e.importKernel()
 	ref := reg.Push(t, "bangertest/small:1", ocitest.BytesLayer(t, ocitest.Tar(t, ocitest.Dir("etc", 0o755),
 		ocitest.File("etc/os-release", 0o644, "ID=bangertest\n"))))
 	cmd := e.cmd("image", "pull", ref, "--name", "bangertest-interrupted")
