@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -312,23 +313,21 @@ func TestBundlePullCoalesces(t *testing.T) {
 		k, err := s.Pull(context.Background(), "kc", false, nil)
 		results <- result{k, err}
 	}
-	go pull()
+	// The first caller goes away while downloading; the pull goes on for
+	// the two who joined.
+	first, cancelFirst := context.WithCancel(context.Background())
+	firstErr := make(chan error, 1)
+	go func() {
+		_, err := s.Pull(first, "kc", false, nil)
+		firstErr <- err
+	}()
 	<-bs.got // the first pull is downloading
 	go pull()
-	// Wait until the second pull has joined the first, then let the
-	// download finish.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		s.pullMu.Lock()
-		joined := s.pulls["kc"] != nil && len(s.pulls["kc"].reports) == 2
-		s.pullMu.Unlock()
-		if joined {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the second pull never joined the first")
-		}
-		time.Sleep(time.Millisecond)
+	go pull()
+	waitJoined(t, s, "kc", 3)
+	cancelFirst()
+	if err := <-firstErr; !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled caller: %v", err)
 	}
 	close(bs.gate)
 	a, b := <-results, <-results
@@ -342,4 +341,50 @@ func TestBundlePullCoalesces(t *testing.T) {
 		t.Fatalf("%d bundle downloads, want 1", n)
 	}
 	storeClean(t, s, "kc")
+}
+
+// waitJoined waits until n callers follow the running pull of name.
+func waitJoined(t *testing.T, s *Store, name string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.pullMu.Lock()
+		f := s.pulls[name]
+		joined := f != nil && len(f.reports) == n
+		s.pullMu.Unlock()
+		if joined {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d callers never joined the pull of %s", n, name)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Canceling the only caller stops the pull, which leaves nothing.
+func TestBundlePullCanceled(t *testing.T) {
+	bs := newBundleServer(t)
+	bs.add("kx", testBundle(t), "", 0)
+	gate := make(chan struct{})
+	bs.gate = gate
+	t.Cleanup(func() { close(gate) })
+	s := pullStore(t, bs)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := s.Pull(ctx, "kx", false, nil)
+		errc <- err
+	}()
+	<-bs.got
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled pull: %v", err)
+	}
+	nothingLeft(t, s)
+	s.pullMu.Lock()
+	defer s.pullMu.Unlock()
+	if len(s.pulls) != 0 {
+		t.Fatalf("pulls still recorded: %v", s.pulls)
+	}
 }

@@ -21,10 +21,13 @@ const (
 	StageUnpackBundle   = "unpack bundle"
 )
 
-// flight is one running pull; pulls of the same name join it.
+// flight is one running pull; pulls of the same name join it. It runs on
+// its own context, canceled when every caller has gone.
 type flight struct {
 	done    chan struct{}
-	reports []Reporter // guarded by Store.pullMu
+	cancel  context.CancelFunc
+	reports map[int]Reporter // the callers waiting, by join order; guarded by Store.pullMu
+	joined  int
 	k       store.Kernel
 	err     error
 }
@@ -38,7 +41,9 @@ func alreadyPulled(name string) error {
 // downloaded and verified (size and sha256) before it is unpacked; else, or
 // when the download fails, the Debian package its Entry names, from the
 // host's apt sources. Concurrent pulls of one name run once: later callers
-// follow the first (its stages from when they join) and get its result.
+// follow the first (its stages from when they join) and get its result; a
+// caller that is canceled stops waiting, and the pull stops when none is
+// left.
 func (s *Store) Pull(ctx context.Context, name string, force bool, report Reporter) (store.Kernel, error) {
 	if report == nil {
 		report = func(api.Stage) {}
@@ -50,36 +55,61 @@ func (s *Store) Pull(ctx context.Context, name string, force bool, report Report
 		return store.Kernel{}, err
 	}
 	s.pullMu.Lock()
-	if f, ok := s.pulls[name]; ok {
-		f.reports = append(f.reports, report)
-		s.pullMu.Unlock()
+	f, ok := s.pulls[name]
+	if ok {
 		s.Log.Info("joining the running kernel pull", "kernel", name)
-		select {
-		case <-f.done:
-			return f.k, f.err
-		case <-ctx.Done():
-			return store.Kernel{}, ctx.Err()
+	} else {
+		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		f = &flight{done: make(chan struct{}), cancel: cancel, reports: map[int]Reporter{}}
+		if s.pulls == nil {
+			s.pulls = map[string]*flight{}
 		}
+		s.pulls[name] = f
+		go func() {
+			k, err := s.pull(fctx, name, force, func(st api.Stage) {
+				s.pullMu.Lock()
+				rs := make([]Reporter, 0, len(f.reports))
+				for i := range f.joined {
+					if r, ok := f.reports[i]; ok {
+						rs = append(rs, r)
+					}
+				}
+				s.pullMu.Unlock()
+				for _, r := range rs {
+					r(st)
+				}
+			})
+			s.pullMu.Lock()
+			if s.pulls[name] == f {
+				delete(s.pulls, name)
+			}
+			f.k, f.err = k, err
+			s.pullMu.Unlock()
+			cancel()
+			close(f.done)
+		}()
 	}
-	f := &flight{done: make(chan struct{}), reports: []Reporter{report}}
-	if s.pulls == nil {
-		s.pulls = map[string]*flight{}
-	}
-	s.pulls[name] = f
+	id := f.joined
+	f.reports[id] = report
+	f.joined++
 	s.pullMu.Unlock()
-	f.k, f.err = s.pull(ctx, name, force, func(st api.Stage) {
-		s.pullMu.Lock()
-		rs := append([]Reporter(nil), f.reports...)
-		s.pullMu.Unlock()
-		for _, r := range rs {
-			r(st)
-		}
-	})
+	select {
+	case <-f.done:
+		return f.k, f.err
+	case <-ctx.Done():
+	}
 	s.pullMu.Lock()
-	delete(s.pulls, name)
+	delete(f.reports, id)
+	last := len(f.reports) == 0
+	if last && s.pulls[name] == f {
+		delete(s.pulls, name) // a later pull starts afresh
+	}
 	s.pullMu.Unlock()
-	close(f.done)
-	return f.k, f.err
+	if last { // the pull stops; it has cleaned up when done closes
+		f.cancel()
+		<-f.done
+	}
+	return store.Kernel{}, ctx.Err()
 }
 
 func (s *Store) pull(ctx context.Context, name string, force bool, report Reporter) (store.Kernel, error) {
