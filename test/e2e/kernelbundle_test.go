@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,7 +24,7 @@ func TestKernelBundle(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	var body, catalog atomic.Pointer[[]byte]
 	var downloads atomic.Int64
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := e.serveInNS(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/kernels.json":
 			w.Write(*catalog.Load())
@@ -36,16 +35,7 @@ func TestKernelBundle(t *testing.T) {
 			http.NotFound(w, r)
 		}
 	}))
-	srv.Listener.Close()
-	srv.Listener = e.listenInNS()
-	srv.Start()
-	t.Cleanup(srv.Close)
-	cfgPath := filepath.Join(e.home, "config/banger/config.toml")
-	cfg, _ := os.ReadFile(cfgPath)
-	cfg = append(cfg, fmt.Sprintf("\n[kernel]\ncatalog_url = %q\n", srv.URL+"/kernels.json")...)
-	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	e.appendConfig(fmt.Sprintf("\n[kernel]\ncatalog_url = %q\n", srv.URL+"/kernels.json"))
 
 	e.importKernel()
 	out := filepath.Join(e.home, "fixture-kernel.tar.zst")
