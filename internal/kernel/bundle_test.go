@@ -140,11 +140,7 @@ func TestBundlePull(t *testing.T) {
 	s := pullStore(t, bs)
 
 	var stages []string
-	k, err := s.Pull(ctx, "kb", false, func(st api.Stage) {
-		if st.State != "running" {
-			stages = append(stages, st.Name+":"+st.State)
-		}
-	})
+	k, err := s.Pull(ctx, "kb", false, finished(&stages))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,16 +219,27 @@ func TestBundlePullFallsBackToApt(t *testing.T) {
 	bs.add("fb", testBundle(t), strings.Repeat("0", 64), 0)
 	s := pullStore(t, bs)
 	var stages []string
-	_, err := s.Pull(context.Background(), "fb", false, func(st api.Stage) {
-		if st.State != "running" {
-			stages = append(stages, st.Name+":"+st.State)
-		}
-	})
+	_, err := s.Pull(context.Background(), "fb", false, finished(&stages))
 	if err == nil || !strings.Contains(err.Error(), "apt-cache show linux-image-0.0.0-banger-test-nonexistent") {
 		t.Fatalf("pull: %v", err)
 	}
 	if got := strings.Join(stages, " "); got != "download bundle:failed resolve:failed" {
 		t.Fatalf("stages %s", got)
+	}
+	nothingLeft(t, s)
+
+	// An unreachable catalog: the package, saying why.
+	bs.Close()
+	stages = nil
+	_, err = s.Pull(context.Background(), "fb", false, finished(&stages))
+	if err == nil || !strings.Contains(err.Error(), "apt-cache show") {
+		t.Fatalf("pull with the catalog down: %v", err)
+	}
+	if got := strings.Join(stages, " "); got != "download bundle:skipped resolve:failed" {
+		t.Fatalf("stages %s", got)
+	}
+	if _, err := s.Pull(context.Background(), "kb-only", false, nil); err == nil || !strings.Contains(err.Error(), "[kernel] catalog_url") {
+		t.Fatalf("pull of a bundle-only name with the catalog down: %v", err)
 	}
 	nothingLeft(t, s)
 }
@@ -386,5 +393,14 @@ func TestBundlePullCanceled(t *testing.T) {
 	defer s.pullMu.Unlock()
 	if len(s.pulls) != 0 {
 		t.Fatalf("pulls still recorded: %v", s.pulls)
+	}
+}
+
+// finished records each stage's end as NAME:STATE.
+func finished(stages *[]string) Reporter {
+	return func(st api.Stage) {
+		if st.State != "running" {
+			*stages = append(*stages, st.Name+":"+st.State)
+		}
 	}
 }

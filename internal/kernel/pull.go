@@ -134,6 +134,7 @@ func (s *Store) pull(ctx context.Context, name string, force bool, report Report
 		s.Log.Warn("kernel bundle unavailable; pulling the Debian package instead", "kernel", name, "err", err)
 	} else if catErr != nil {
 		s.Log.Warn("kernel catalog unavailable; pulling the Debian package instead", "kernel", name, "err", catErr)
+		report(api.Stage{Name: StageDownloadBundle, State: "skipped", Detail: catErr.Error() + "; pulling the Debian package"})
 	}
 	return s.pullApt(ctx, name, apt, force, report)
 }
