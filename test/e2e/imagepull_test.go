@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/internal/api"
+	"banger/internal/kernel"
 	"banger/internal/testutil/ocitest"
 )
 
@@ -112,6 +113,7 @@ func TestImagePull(t *testing.T) {
 		w.Write(b)
 	}))
 	e.appendConfig(fmt.Sprintf("catalog_url = %q\n", cat.URL+"/catalog.json"))
+	e.importDefaultKernel()
 
 	tree := filepath.Join(e.home, "base-tree")
 	if err := os.Mkdir(tree, 0o755); err != nil {
@@ -252,12 +254,21 @@ func TestImagePull(t *testing.T) {
 	}
 }
 
-// pullEnv is a scenario whose daemon can pull images (a kernel from the
-// fixture) from a registry in its namespace.
+// pullEnv is a scenario whose daemon can pull images from a registry in
+// its namespace; its config ends in the [image] table. Pulled images boot
+// the store's default kernel: call importDefaultKernel (which starts the
+// daemon) once the config is complete.
 func pullEnv(t *testing.T, vars ...string) (*env, *ocitest.Registry) {
-	e := newEnv(t, envOpts{vars: vars, config: fmt.Sprintf("[image]\nkernel = %q\ninitrd = %q\n",
-		filepath.Join(guestDir, "vmlinuz"), filepath.Join(guestDir, "initrd.img"))})
+	e := newEnv(t, envOpts{vars: vars, config: "[image]\n"})
 	return e, ocitest.StartOn(t, e.listenInNS())
+}
+
+// importDefaultKernel imports the fixture's kernel as the kernel pulled
+// images boot (kernel.DefaultName), as `kernel pull` would have.
+func (e *env) importDefaultKernel() {
+	e.t.Helper()
+	e.must("kernel", "import", kernel.DefaultName, "--kernel", filepath.Join(guestDir, "vmlinuz"),
+		"--modules", filepath.Join(guestDir, "modules"))
 }
 
 // TestImagePullCtrlC interrupts `banger image pull` once its ext4 is built
@@ -266,6 +277,7 @@ func pullEnv(t *testing.T, vars ...string) (*env, *ocitest.Registry) {
 func TestImagePullCtrlC(t *testing.T) {
 	t.Parallel()
 	e, reg := pullEnv(t, "BANGER_TEST_HOLD_STAGE=build ext4")
+	e.importDefaultKernel()
 	ref := reg.Push(t, "bangertest/small:1", ocitest.BytesLayer(t, ocitest.Tar(t, ocitest.Dir("etc", 0o755),
 		ocitest.File("etc/os-release", 0o644, "ID=bangertest\n"))))
 	cmd := e.cmd("image", "pull", ref, "--name", "bangertest-interrupted")
