@@ -29,9 +29,14 @@ type Kernel struct {
 
 // KernelAvailable is a kernel `kernel pull` can fetch by name.
 type KernelAvailable struct {
-	Name        string `json:"name"`
+	Name string `json:"name"`
+	// Package is the Debian package pulled from the host's apt sources
+	// ("" when the kernel comes only as a bundle).
 	Package     string `json:"package"`
 	Description string `json:"description"`
+	// Bundle is the URL of the kernel catalog's bundle, tried before the
+	// package ("" when the catalog has none).
+	Bundle string `json:"bundle,omitempty"`
 	// Pulled is true when the store has a kernel of this name.
 	Pulled bool `json:"pulled"`
 }

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -201,22 +200,11 @@ func (a *app) imageCacheCmd() *cobra.Command {
 }
 
 func (a *app) imageBundleCmd() *cobra.Command {
-	var out, desc string
-	c := &cobra.Command{
-		Use:   "bundle NAME -o FILE.tar.zst",
-		Short: "Write an image as a catalog bundle and print its name, sha256 and size",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if out == "" {
-				return errors.New("-o FILE is required (e.g. -o debian-bookworm.tar.zst)")
-			}
-			abs, err := filepath.Abs(out)
-			if err != nil {
-				return err
-			}
+	return a.bundleCmd("Write an image as a catalog bundle and print its name, sha256 and size",
+		func(ctx context.Context, name, out, desc string) (string, int64, error) {
 			var im api.Image
-			if err := a.call(cmd.Context(), api.MethodImageShow, api.ImageRef{Name: args[0]}, &im); err != nil {
-				return err
+			if err := a.call(ctx, api.MethodImageShow, api.ImageRef{Name: name}, &im); err != nil {
+				return "", 0, err
 			}
 			seed := ""
 			if im.Managed && im.Dir != "" {
@@ -225,11 +213,31 @@ func (a *app) imageBundleCmd() *cobra.Command {
 				}
 			}
 			m := image.BundleManifest{Name: im.Name, Description: desc, ContentBytes: im.ContentBytes, CreatedAt: time.Now().UTC()}
-			sum, size, err := image.WriteBundle(cmd.Context(), abs, m, im.RootFS, seed)
+			return image.WriteBundle(ctx, out, m, im.RootFS, seed)
+		})
+}
+
+// bundleCmd is `image bundle` or `kernel bundle`: write (given the NAME,
+// the absolute -o path and --description) makes the bundle.
+func (a *app) bundleCmd(short string, write func(ctx context.Context, name, out, desc string) (sum string, size int64, err error)) *cobra.Command {
+	var out, desc string
+	c := &cobra.Command{
+		Use:   "bundle NAME -o FILE.tar.zst",
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if out == "" {
+				return fmt.Errorf("-o FILE is required (e.g. -o %s.tar.zst)", args[0])
+			}
+			abs, err := filepath.Abs(out)
 			if err != nil {
 				return err
 			}
-			r := bundleResult{Name: im.Name, File: abs, SHA256: sum, Size: size}
+			sum, size, err := write(cmd.Context(), args[0], abs, desc)
+			if err != nil {
+				return err
+			}
+			r := bundleResult{Name: args[0], File: abs, SHA256: sum, Size: size}
 			if a.json {
 				return a.printJSON(r)
 			}
@@ -242,7 +250,8 @@ func (a *app) imageBundleCmd() *cobra.Command {
 	return a.addJSON(c)
 }
 
-// bundleResult is what `image bundle` prints: what a catalog entry needs.
+// bundleResult is what `image bundle` and `kernel bundle` print: what a
+// catalog entry needs.
 type bundleResult struct {
 	Name   string `json:"name"`
 	File   string `json:"file"`

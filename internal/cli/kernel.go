@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"banger/internal/api"
+	"banger/internal/kernel"
 )
 
 func (a *app) kernelCmd() *cobra.Command {
@@ -27,9 +29,9 @@ func (a *app) kernelCmd() *cobra.Command {
 					return a.printJSON(av)
 				}
 				t := newTable(a.stdout)
-				t.row("NAME", "PACKAGE", "PULLED", "DESCRIPTION")
+				t.row("NAME", "PACKAGE", "BUNDLE", "PULLED", "DESCRIPTION")
 				for _, k := range av {
-					t.row(k.Name, k.Package, fmt.Sprint(k.Pulled), k.Description)
+					t.row(k.Name, dash(k.Package), dash(k.Bundle), fmt.Sprint(k.Pulled), k.Description)
 				}
 				return t.flush()
 			}
@@ -61,7 +63,7 @@ func (a *app) kernelCmd() *cobra.Command {
 	}
 	var pull api.KernelPullParams
 	pullCmd := &cobra.Command{
-		Use: "pull [NAME] [--force]", Short: "Fetch a kernel from the host's Debian package sources (default debian-cloud)", Args: cobra.MaximumNArgs(1),
+		Use: "pull [NAME] [--force]", Short: "Fetch a kernel: its catalog bundle, else its Debian package from the host's apt sources (default debian-cloud)", Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p := pull
 			if len(args) == 1 {
@@ -99,8 +101,20 @@ func (a *app) kernelCmd() *cobra.Command {
 			return a.call(cmd.Context(), api.MethodKernelRemove, api.KernelRef{Name: args[0]}, nil)
 		},
 	}
-	c.AddCommand(a.addJSON(list), a.addJSON(show), a.addJSON(pullCmd), a.addJSON(importCmd), rm)
+	c.AddCommand(a.addJSON(list), a.addJSON(show), a.addJSON(pullCmd), a.addJSON(importCmd), rm, a.kernelBundleCmd())
 	return c
+}
+
+func (a *app) kernelBundleCmd() *cobra.Command {
+	return a.bundleCmd("Write a kernel (vmlinuz + modules) as a catalog bundle and print its name, sha256 and size",
+		func(ctx context.Context, name, out, desc string) (string, int64, error) {
+			var k api.Kernel
+			if err := a.call(ctx, api.MethodKernelShow, api.KernelRef{Name: name}, &k); err != nil {
+				return "", 0, err
+			}
+			m := kernel.BundleManifest{Name: k.Name, Description: desc, Release: k.Release, Origin: k.Source, CreatedAt: time.Now().UTC()}
+			return kernel.WriteBundle(ctx, out, m, k.Kernel, k.Modules)
+		})
 }
 
 // kernelOp runs a kernel pull or import, showing its stages, and prints the kernel.

@@ -78,6 +78,12 @@ type Config struct {
 		CatalogURL string `toml:"catalog_url"`
 	} `toml:"image"`
 
+	Kernel struct {
+		// CatalogURL replaces the kernel bundle catalog compiled into
+		// banger (http:// or https:// URL of a catalog JSON).
+		CatalogURL string `toml:"catalog_url"`
+	} `toml:"kernel"`
+
 	// FileSync copies host files into each new VM's /root after it boots
 	// ([[file_sync]] tables).
 	FileSync []SyncEntry `toml:"file_sync"`
@@ -201,8 +207,10 @@ func (c Config) Validate() error {
 			return fmt.Errorf("%s = %q: want an absolute path", key, v)
 		}
 	}
-	if u := c.Image.CatalogURL; u != "" && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
-		return fmt.Errorf("image.catalog_url = %q: want an http:// or https:// URL", u)
+	for key, u := range map[string]string{"image.catalog_url": c.Image.CatalogURL, "kernel.catalog_url": c.Kernel.CatalogURL} {
+		if u != "" && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+			return fmt.Errorf("%s = %q: want an http:// or https:// URL", key, u)
+		}
 	}
 	for i, e := range c.FileSync {
 		switch {

@@ -84,6 +84,9 @@ dns = "192.0.2.53"
 kernel = "/var/lib/banger/kernels/vmlinuz"
 initrd = "/var/lib/banger/kernels/initrd.img"
 catalog_url = "http://127.0.0.1:8080/catalog.json"
+
+[kernel]
+catalog_url = "http://127.0.0.1:8080/kernels.json"
 `)
 	got, err := Load(path)
 	if err != nil {
@@ -107,6 +110,7 @@ catalog_url = "http://127.0.0.1:8080/catalog.json"
 	want.Image.Kernel = "/var/lib/banger/kernels/vmlinuz"
 	want.Image.Initrd = "/var/lib/banger/kernels/initrd.img"
 	want.Image.CatalogURL = "http://127.0.0.1:8080/catalog.json"
+	want.Kernel.CatalogURL = "http://127.0.0.1:8080/kernels.json"
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Load =\n%+v\nwant\n%+v", got, want)
 	}
@@ -325,6 +329,7 @@ func TestImageKeysValidated(t *testing.T) {
 		"[image]\nkernel = \"vmlinuz\"\n":             "image.kernel",
 		"[image]\ninitrd = \"rel/initrd\"\n":          "image.initrd",
 		"[image]\ncatalog_url = \"ftp://x/c.json\"\n": "image.catalog_url",
+		"[kernel]\ncatalog_url = \"/k.json\"\n":       "kernel.catalog_url",
 	} {
 		_, err := Load(writeConfig(t, body))
 		if err == nil || !strings.Contains(err.Error(), want) {

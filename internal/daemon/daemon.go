@@ -175,7 +175,8 @@ func (d *Daemon) init(ctx context.Context) error {
 		return fmt.Errorf("network.tap_pool: %w", err)
 	}
 	agentBin := d.findAgent()
-	d.kernels = &kernel.Store{Dir: d.paths.KernelsDir(), DebCache: filepath.Join(d.paths.CacheDir, "kernel-debs"), DB: d.store, Log: d.log.With("component", "kernel")}
+	d.kernels = &kernel.Store{Dir: d.paths.KernelsDir(), DebCache: filepath.Join(d.paths.CacheDir, "kernel-debs"), DB: d.store, Log: d.log.With("component", "kernel"),
+		CatalogURL: d.cfg.Kernel.CatalogURL}
 	deps := vm.Deps{Config: d.cfg, Paths: d.paths, Store: d.store, Driver: driver, Disk: backend, Agent: agentBin,
 		Init: d.findBinary("banger-init", "images using a store kernel cannot boot"), Kernels: d.kernels,
 		Keys: keys, Net: netCfg, Log: d.log, Host: host, Firewall: true, Taps: taps}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
 	"time"
 
@@ -46,12 +47,36 @@ func WriteBundle(ctx context.Context, out string, m BundleManifest, rootfs, seed
 	}
 	workSeed := ""
 	if seedDir != "" {
-		if workSeed, err = tarDir(seedDir, filepath.Dir(out)); err != nil {
+		if workSeed, err = tarDir(ctx, seedDir, filepath.Dir(out)); err != nil {
 			return "", 0, fmt.Errorf("work seed %s: %w", seedDir, err)
 		}
 		defer os.Remove(workSeed)
 	}
 	m.Kind, m.WorkSeed = BundleKindImage, workSeed != ""
+	return WriteTarZst(out, func(tw *tar.Writer) error {
+		if err := AddJSON(tw, BundleManifestFile, m, m.CreatedAt); err != nil {
+			return err
+		}
+		for _, f := range [][2]string{{RootFSFile, rootfs}, {WorkSeedFile, workSeed}} {
+			if f[1] == "" {
+				continue
+			}
+			if err := AddFile(ctx, tw, f[0], f[1]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// WriteTarZst writes a bundle file: the tar stream fill writes, compressed
+// with zstd, to out, which must not exist (built in a temporary file next
+// to it, synced and linked into place). It returns the file's sha256 (hex)
+// and size.
+func WriteTarZst(out string, fill func(tw *tar.Writer) error) (sum string, size int64, err error) {
+	if _, err := os.Lstat(out); err == nil {
+		return "", 0, fmt.Errorf("%s already exists; remove it or pick another -o", out)
+	}
 	tmp, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".tmp-*")
 	if err != nil {
 		return "", 0, err
@@ -69,20 +94,9 @@ func WriteBundle(ctx context.Context, out string, m BundleManifest, rootfs, seed
 		return "", 0, err
 	}
 	tw := tar.NewWriter(zw)
-	mb, _ := json.MarshalIndent(m, "", "  ")
-	if err := tw.WriteHeader(&tar.Header{Name: BundleManifestFile, Mode: 0o644, Size: int64(len(mb)), ModTime: m.CreatedAt, Format: tar.FormatPAX}); err != nil {
+	if err := fill(tw); err != nil {
+		zw.Close()
 		return "", 0, err
-	}
-	if _, err := tw.Write(mb); err != nil {
-		return "", 0, err
-	}
-	for _, f := range [][2]string{{RootFSFile, rootfs}, {WorkSeedFile, workSeed}} {
-		if f[1] == "" {
-			continue
-		}
-		if err := addFile(ctx, tw, f[0], f[1]); err != nil {
-			return "", 0, err
-		}
 	}
 	if err := tw.Close(); err != nil {
 		return "", 0, err
@@ -103,9 +117,22 @@ func WriteBundle(ctx context.Context, out string, m BundleManifest, rootfs, seed
 	return hexSum(h.Sum(nil)), cw.n, nil
 }
 
+// AddJSON writes v, indented, as the regular file name.
+func AddJSON(tw *tar.Writer, name string, v any, mtime time.Time) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), ModTime: mtime, Format: tar.FormatPAX}); err != nil {
+		return err
+	}
+	_, err = tw.Write(b)
+	return err
+}
+
 // tarDir writes the directories and regular files of dir to a temporary
 // tar file in tmpDir and returns its path.
-func tarDir(dir, tmpDir string) (_ string, err error) {
+func tarDir(ctx context.Context, dir, tmpDir string) (_ string, err error) {
 	f, err := os.CreateTemp(tmpDir, ".work-seed-*.tar")
 	if err != nil {
 		return "", err
@@ -119,8 +146,21 @@ func tarDir(dir, tmpDir string) (_ string, err error) {
 		}
 	}()
 	tw := tar.NewWriter(f)
-	err = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+	if err = AddTree(ctx, tw, "", dir); err == nil {
+		err = tw.Close()
+	}
+	return f.Name(), err
+}
+
+// AddTree writes the directories and regular files under dir (not dir
+// itself) as entries named prefix/RELPATH (RELPATH alone when prefix is
+// ""), owned by root; symlinks and special files are skipped.
+func AddTree(ctx context.Context, tw *tar.Writer, prefix, dir string) error {
+	return filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
 			return err
 		}
 		rel, _ := filepath.Rel(dir, p)
@@ -135,7 +175,7 @@ func tarDir(dir, tmpDir string) (_ string, err error) {
 		if err != nil {
 			return err
 		}
-		hdr.Name, hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = filepath.ToSlash(rel), 0, 0, "", ""
+		hdr.Name, hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = path.Join(prefix, filepath.ToSlash(rel)), 0, 0, "", ""
 		if err := tw.WriteHeader(hdr); err != nil {
 			return err
 		}
@@ -150,13 +190,10 @@ func tarDir(dir, tmpDir string) (_ string, err error) {
 		_, err = io.Copy(tw, r)
 		return err
 	})
-	if err == nil {
-		err = tw.Close()
-	}
-	return f.Name(), err
 }
 
-func addFile(ctx context.Context, tw *tar.Writer, name, src string) error {
+// AddFile writes the regular file src as name (mode 0644).
+func AddFile(ctx context.Context, tw *tar.Writer, name, src string) error {
 	f, err := os.Open(src)
 	if err != nil {
 		return err
@@ -247,17 +284,11 @@ func Download(ctx context.Context, client *http.Client, e CatalogEntry, dst stri
 // manifest after checking that rootfs.ext4 is an ext4 file system.
 func Unpack(ctx context.Context, bundle, dir string) (BundleManifest, error) {
 	var m BundleManifest
-	f, err := os.Open(bundle)
+	tr, closeBundle, err := OpenTarZst(ctx, bundle)
 	if err != nil {
 		return m, err
 	}
-	defer f.Close()
-	zr, err := zstd.NewReader(f)
-	if err != nil {
-		return m, fmt.Errorf("bundle: %w", err)
-	}
-	defer zr.Close()
-	tr := tar.NewReader(&ctxReader{ctx: ctx, r: zr})
+	defer closeBundle()
 	allowed := map[string]bool{}
 	for _, n := range bundleFiles {
 		allowed[n] = true
@@ -302,6 +333,21 @@ func Unpack(ctx context.Context, bundle, dir string) (BundleManifest, error) {
 		return m, fmt.Errorf("bundle: manifest says work_seed=%v but %s is %v", m.WorkSeed, WorkSeedFile, map[bool]string{true: "present", false: "absent"}[seen[WorkSeedFile]])
 	}
 	return m, checkExt4(filepath.Join(dir, RootFSFile))
+}
+
+// OpenTarZst opens a bundle file for reading its tar stream, which stops
+// when ctx is done; close releases it.
+func OpenTarZst(ctx context.Context, bundle string) (tr *tar.Reader, close func(), err error) {
+	f, err := os.Open(bundle)
+	if err != nil {
+		return nil, nil, err
+	}
+	zr, err := zstd.NewReader(f)
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("bundle %s: %w", filepath.Base(bundle), err)
+	}
+	return tar.NewReader(&ctxReader{ctx: ctx, r: zr}), func() { zr.Close(); f.Close() }, nil
 }
 
 // writeSparse writes n bytes of r to a new file p, leaving all-zero blocks

@@ -48,7 +48,7 @@ func (c Catalog) Validate() error {
 	for i, e := range c.Entries {
 		switch {
 		case e.Name == "" || strings.ContainsAny(e.Name, "/:@ "):
-			return fmt.Errorf("catalog entry %d: name %q: want a plain image name", i+1, e.Name)
+			return fmt.Errorf("catalog entry %d: name %q: want a plain name (no '/', ':', '@' or space)", i+1, e.Name)
 		case seen[e.Name]:
 			return fmt.Errorf("catalog entry %q is listed twice", e.Name)
 		case !strings.HasPrefix(e.URL, "http://") && !strings.HasPrefix(e.URL, "https://"):

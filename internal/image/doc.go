@@ -23,5 +23,7 @@
 //	bundle.go  bundles (.tar.zst of manifest.json, rootfs.ext4 and an
 //	           optional work-seed.tar): WriteBundle, Download (size and
 //	           sha256 checked before anything is opened), Unpack (only the
-//	           expected regular files; rootfs written sparse), ExtractSeed.
+//	           expected regular files; rootfs written sparse), ExtractSeed;
+//	           the pieces kernel bundles share: WriteTarZst, AddJSON,
+//	           AddFile, AddTree, OpenTarZst.
 package image

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -38,8 +39,15 @@ type Store struct {
 	DebCache string
 	DB       *store.Store
 	Log      *slog.Logger
+	// CatalogURL replaces the kernel bundle catalog compiled into banger
+	// ([kernel] catalog_url); HTTP fetches it and its bundles (nil:
+	// http.DefaultClient).
+	CatalogURL string
+	HTTP       *http.Client
 
-	mu sync.Mutex // one import, pull or remove at a time
+	mu     sync.Mutex // one import, pull or remove at a time
+	pullMu sync.Mutex // guards pulls; never held while mu is taken
+	pulls  map[string]*flight
 }
 
 // Source is what Import reads: a kernel file and a modules directory, or a
@@ -219,23 +227,13 @@ func (s *Store) importLocked(ctx context.Context, name string, src Source, force
 	return k, nil
 }
 
-// Pull fetches a catalog kernel (default DefaultName) from the host's apt
-// sources and imports it.
-func (s *Store) Pull(ctx context.Context, name string, force bool, report Reporter) (store.Kernel, error) {
-	if report == nil {
-		report = func(api.Stage) {}
-	}
-	if name == "" {
-		name = DefaultName
-	}
-	e, ok := Lookup(name)
-	if !ok {
-		return store.Kernel{}, rpc.Errorf(rpc.CodeNotFound, "no kernel %q in the catalog (see `banger kernel list --available`)", name)
-	}
+// pullApt fetches catalog kernel e from the host's apt sources and
+// imports it as name.
+func (s *Store) pullApt(ctx context.Context, name string, e Entry, force bool, report Reporter) (store.Kernel, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, err := s.DB.GetKernel(ctx, name); err == nil && !force {
-		return store.Kernel{}, rpc.Errorf(rpc.CodeConflict, "kernel %q is already pulled (use --force to fetch it again)", name)
+		return store.Kernel{}, alreadyPulled(name)
 	}
 	var pkg Package
 	var deb string
@@ -341,19 +339,6 @@ func (s *Store) List(ctx context.Context) ([]api.Kernel, error) {
 			return nil, err
 		}
 		out = append(out, v)
-	}
-	return out, nil
-}
-
-// Available lists the catalog, saying which kernels are pulled.
-func (s *Store) Available(ctx context.Context) ([]api.KernelAvailable, error) {
-	out := make([]api.KernelAvailable, 0, len(Catalog))
-	for _, e := range Catalog {
-		_, err := s.DB.GetKernel(ctx, e.Name)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return nil, err
-		}
-		out = append(out, api.KernelAvailable{Name: e.Name, Package: e.Package, Description: e.Description, Pulled: err == nil})
 	}
 	return out, nil
 }

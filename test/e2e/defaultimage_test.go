@@ -41,7 +41,8 @@ func defaultImage(t *testing.T, r *recipe.Recipe) string {
 }
 
 // TestDefaultImage boots the debian-bookworm recipe's image (registered
-// with the fixture kernel and initramfs, which boot any systemd rootfs):
+// with the fixture's kernel from the store, booted through banger's
+// initramfs):
 // the recipe's tools are there, its /root dotfiles appear in the new VM's
 // /root (the work disk is seeded from the image's /root), banger's guest
 // files are in place and no unit failed at boot.

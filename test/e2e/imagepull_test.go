@@ -61,6 +61,28 @@ func (e *env) listenInNS() net.Listener {
 	return ln
 }
 
+// serveInNS serves h on 127.0.0.1 inside the scenario's namespace until
+// the test ends.
+func (e *env) serveInNS(h http.Handler) *httptest.Server {
+	srv := httptest.NewUnstartedServer(h)
+	srv.Listener.Close()
+	srv.Listener = e.listenInNS()
+	srv.Start()
+	e.t.Cleanup(srv.Close)
+	return srv
+}
+
+// appendConfig adds text to the scenario's config.toml (read when the
+// daemon starts).
+func (e *env) appendConfig(text string) {
+	e.t.Helper()
+	p := filepath.Join(e.home, "config/banger/config.toml")
+	cfg, _ := os.ReadFile(p)
+	if err := os.WriteFile(p, append(cfg, text...), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 // attrLine is what `stat -c '%n %a %u %g'` prints for p in the base image.
 func attrLine(p string, attrs map[string]ocitest.Attr) string {
 	a := attrs[p]
@@ -79,7 +101,7 @@ func TestImagePull(t *testing.T) {
 	// A catalog server in the namespace; its files are added below.
 	var catMu sync.Mutex
 	catFiles := map[string][]byte{"/catalog.json": []byte(`{"entries": []}`)}
-	cat := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	cat := e.serveInNS(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		catMu.Lock()
 		b, ok := catFiles[r.URL.Path]
 		catMu.Unlock()
@@ -89,16 +111,7 @@ func TestImagePull(t *testing.T) {
 		}
 		w.Write(b)
 	}))
-	cat.Listener.Close()
-	cat.Listener = e.listenInNS()
-	cat.Start()
-	t.Cleanup(cat.Close)
-	cfgPath := filepath.Join(e.home, "config/banger/config.toml")
-	cfg, _ := os.ReadFile(cfgPath)
-	cfg = append(cfg, fmt.Sprintf("catalog_url = %q\n", cat.URL+"/catalog.json")...)
-	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	e.appendConfig(fmt.Sprintf("catalog_url = %q\n", cat.URL+"/catalog.json"))
 	e.importKernel()
 
 	tree := filepath.Join(e.home, "base-tree")
