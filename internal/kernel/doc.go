@@ -1,5 +1,6 @@
 // Package kernel is banger's kernel store: guest kernels kept under
-// <state>/kernels/NAME/ (vmlinuz + modules/RELEASE/), recorded in the
+// <state>/kernels/NAME/ (vmlinuz + modules/RELEASE/ + modules.ext4, a
+// read-only image of the modules tree given to guests), recorded in the
 // store's kernels table, with the initramfs each boot needs generated from
 // them (package initrd) and cached by content.
 //
@@ -12,9 +13,11 @@
 // directory is removed and nothing else changed.
 //
 // Lock order: Store.mu (one import/pull/remove at a time) is taken before
-// any store (SQLite) call; nothing here takes VM locks.
+// any store (SQLite) call; Store.imgMu (one lazy modules image build) is
+// never held with Store.mu; nothing here takes VM locks.
 //
 //	store.go    Store: Import, Pull, Remove, List, Get, Initramfs
+//	modimage.go the modules image (modules.ext4): built at import, or lazily for older kernels
 //	source.go   reading sources: kernel file checks, bzImage version, modules tree, .deb unpack, copying
 //	apt.go      the host's apt: resolving linux-image-cloud-amd64, apt-get download
 //	catalog.go  kernels `kernel pull` knows by name
