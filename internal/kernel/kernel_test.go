@@ -77,6 +77,10 @@ func TestImportFilesAndRemove(t *testing.T) {
 	if out, err := exec.Command("debugfs", "-R", "ls -p /kernel/drivers/block", modImg).CombinedOutput(); err != nil || !strings.Contains(string(out), "/virtio_blk.ko/") {
 		t.Fatalf("modules image: %v\n%s", err, out)
 	}
+	// The tree had no modules.dep (as Debian's packages): depmod added it.
+	if out, err := exec.Command("debugfs", "-R", "cat /modules.dep", modImg).CombinedOutput(); err != nil || !strings.Contains(string(out), "kernel/drivers/block/virtio_blk.ko:") {
+		t.Fatalf("modules.dep in the modules image: %v\n%s", err, out)
+	}
 	if _, err := os.Lstat(filepath.Join(Modules(k), "build")); err == nil {
 		t.Fatal("the build symlink was copied")
 	}
