@@ -208,3 +208,70 @@ func TestExt4Identity(t *testing.T) {
 		t.Fatal("a zero file was taken for ext4")
 	}
 }
+
+func TestParseModules(t *testing.T) {
+	c, err := Parse("root=/dev/vda banger.modules=/dev/vdc")
+	if err != nil || c.Modules != "/dev/vdc" {
+		t.Fatalf("parsed %+v %v", c, err)
+	}
+	if c, err := Parse("root=/dev/vda"); err != nil || c.Modules != "" {
+		t.Fatalf("without banger.modules: %+v %v", c, err)
+	}
+	if _, err := Parse("root=/dev/vda banger.modules=vdc"); err == nil || !strings.Contains(err.Error(), `invalid banger.modules="vdc"`) {
+		t.Fatalf("relative device: %v", err)
+	}
+}
+
+// The mount point of the modules image: symlinks of the image resolved
+// inside the root, missing directories created, nothing else written.
+func TestModulesMountPoint(t *testing.T) {
+	const rel = "6.1.0-56-cloud-amd64"
+	isDir := func(t *testing.T, p string) {
+		t.Helper()
+		if st, err := os.Lstat(p); err != nil || !st.IsDir() {
+			t.Fatalf("%s is not a directory: %v", p, err)
+		}
+	}
+	for _, c := range []struct {
+		name  string
+		files []string
+		links map[string]string
+		dirs  []string
+		want  string
+		err   string
+	}{
+		{name: "merged /usr, relative link", links: map[string]string{"lib": "usr/lib"}, dirs: []string{"usr/lib"}, want: "/usr/lib/modules/" + rel},
+		// An absolute link must resolve in the root, not in the initramfs.
+		{name: "merged /usr, absolute link", links: map[string]string{"lib": "/usr/lib"}, dirs: []string{"usr/lib/modules"}, want: "/usr/lib/modules/" + rel},
+		{name: "release dir exists", dirs: []string{"lib/modules/" + rel + "/kernel"}, want: "/lib/modules/" + rel},
+		{name: "no /lib at all", want: "/lib/modules/" + rel},
+		{name: "release is a file", files: []string{"lib/modules/" + rel}, err: "not a directory"},
+		{name: "dangling link", links: map[string]string{"lib/modules/" + rel: "/nowhere"}, dirs: []string{"lib/modules"}, err: "file exists"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			root := mkroot(t, c.files, c.links)
+			for _, d := range c.dirs {
+				if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := modulesMountPoint(root, rel)
+			if c.err != "" {
+				if err == nil || !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("got %q, %v; want an error containing %q", got, err, c.err)
+				}
+				return
+			}
+			if err != nil || got != c.want {
+				t.Fatalf("got %q, %v; want %q", got, err, c.want)
+			}
+			isDir(t, filepath.Join(root, got))
+			if c.dirs != nil && c.dirs[0] == "lib/modules/"+rel+"/kernel" {
+				isDir(t, filepath.Join(root, got, "kernel")) // the image's own tree is left as it was
+			}
+		})
+	}
+	if _, err := modulesMountPoint(t.TempDir(), "../etc"); err == nil {
+		t.Fatal("a release with a slash was accepted")
+	}
+}

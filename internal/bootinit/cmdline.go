@@ -23,6 +23,7 @@ type Config struct {
 	Gateway    netip.Addr
 	DNS        netip.Addr
 	Work       string // work disk device, mounted on /root
+	Modules    string // kernel modules image device, mounted read-only on /lib/modules/RELEASE
 	AgentVsock uint32 // 0: the agent serves the virtio-serial port
 	ForceInit  bool   // banger.init=banger
 }
@@ -96,6 +97,11 @@ func Parse(cmdline string) (Config, error) {
 			c.DNS, err = netip.ParseAddr(v)
 		case "banger.work":
 			c.Work = v
+		case "banger.modules":
+			c.Modules = v
+			if !strings.HasPrefix(v, "/dev/") && !strings.HasPrefix(v, "UUID=") && !strings.HasPrefix(v, "LABEL=") {
+				err = fmt.Errorf("want /dev/..., UUID=... or LABEL=...")
+			}
 		case "banger.agent_vsock":
 			var n uint64
 			n, err = strconv.ParseUint(v, 10, 32)

@@ -27,6 +27,8 @@
 //	banger.ip=ADDR/PREFIX banger.gw=ADDR   static address (systemd mode: DHCP without it)
 //	banger.dns=ADDR                        /etc/resolv.conf
 //	banger.work=/dev/vdb                   optional ext4 work disk mounted on /root
+//	banger.modules=/dev/vdc                optional ext4 image of the kernel's modules tree, mounted
+//	                                       read-only on /lib/modules/RELEASE (modules.go)
 //	banger.agent_vsock=PORT                the agent serves vsock PORT (Firecracker)
 //	banger.init=banger|auto                force banger mode (default auto)
 //
@@ -38,6 +40,7 @@
 //	cmdline.go    Config and Parse: the kernel command line
 //	initramfs.go  Run: stage one, from the initramfs to the switch of root
 //	settings.go   per-VM files written into the root (hostname, hosts, network, resolv.conf, agent unit)
+//	modules.go    the modules image on /lib/modules/RELEASE: mount point in the root, read-only mount
 //	blkid.go      finding a block device by ext2/3/4 UUID= or LABEL=
 //	guestinit.go  banger mode: the guest's init after the switch
 //	sys.go        small system helpers: mounts, modules, console, power-off

@@ -85,6 +85,15 @@ func Run() {
 		}
 	}
 
+	// --- the kernel's modules, read-only on /lib/modules/RELEASE
+	if c.Modules != "" {
+		if target, err := mountModules(NewRoot, c.Modules, release); err != nil {
+			logf("warning: kernel modules image: %v; modprobe will not find the modules of %s", err, release)
+		} else {
+			mounted = append(mounted, target)
+		}
+	}
+
 	// --- the guest agent, from a tmpfs /run (nothing is written to a disk)
 	hasAgent := false
 	if st, err := os.Stat(AgentPath); err == nil && st.Mode().IsRegular() {

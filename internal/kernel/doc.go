@@ -1,5 +1,6 @@
 // Package kernel is banger's kernel store: guest kernels kept under
-// <state>/kernels/NAME/ (vmlinuz + modules/RELEASE/), recorded in the
+// <state>/kernels/NAME/ (vmlinuz + modules/RELEASE/ + modules.ext4, a
+// read-only image of the modules tree given to guests), recorded in the
 // store's kernels table, with the initramfs each boot needs generated from
 // them (package initrd) and cached by content.
 //
@@ -20,12 +21,14 @@
 // Lock order: Store.pullMu (the running pulls by name) is only held to
 // join or leave a pull, never while taking another lock; Store.mu (one
 // import/remove, or a pull's install, at a time) is taken before any store
-// (SQLite) call; nothing here takes VM locks. A bundle downloads and
+// (SQLite) call; Store.imgMu (one lazy modules image build) is never held
+// with Store.mu; nothing here takes VM locks. A bundle downloads and
 // unpacks without Store.mu.
 //
 //	store.go    Store: Import, Remove, List, Get, Initramfs; the apt pull
 //	pull.go     Pull: joining running pulls, bundle catalog, bundle download → import, apt fallback; Available
 //	bundle.go   kernel bundles: WriteBundle (`kernel bundle`), UnpackBundle (checked entries only)
+//	modimage.go the modules image (modules.ext4): built at import, or lazily for older kernels
 //	source.go   reading sources: kernel file checks, bzImage version, modules tree, .deb unpack, copying
 //	apt.go      the host's apt: resolving linux-image-cloud-amd64, apt-get download
 //	catalog.go  kernels `kernel pull` knows by name with a Debian package

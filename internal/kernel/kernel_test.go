@@ -63,7 +63,7 @@ func TestImportFilesAndRemove(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(stages, " "); got != "copy:done check modules:done install:done" {
+	if got := strings.Join(stages, " "); got != "copy:done check modules:done modules image:done install:done" {
 		t.Fatalf("stages %s", got)
 	}
 	if k.Release != release || k.Dir != filepath.Join(s.Dir, "k1") || k.SizeBytes == 0 {
@@ -71,6 +71,15 @@ func TestImportFilesAndRemove(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(Modules(k), "kernel/drivers/block/virtio_blk.ko")); err != nil {
 		t.Fatal(err)
+	}
+	// The modules image is made at import: the tree at its root, as ext4.
+	modImg := filepath.Join(k.Dir, ModulesImageFile)
+	if out, err := exec.Command("debugfs", "-R", "ls -p /kernel/drivers/block", modImg).CombinedOutput(); err != nil || !strings.Contains(string(out), "/virtio_blk.ko/") {
+		t.Fatalf("modules image: %v\n%s", err, out)
+	}
+	// The tree had no modules.dep (as Debian's packages): depmod added it.
+	if out, err := exec.Command("debugfs", "-R", "cat /modules.dep", modImg).CombinedOutput(); err != nil || !strings.Contains(string(out), "kernel/drivers/block/virtio_blk.ko:") {
+		t.Fatalf("modules.dep in the modules image: %v\n%s", err, out)
 	}
 	if _, err := os.Lstat(filepath.Join(Modules(k), "build")); err == nil {
 		t.Fatal("the build symlink was copied")
@@ -231,7 +240,7 @@ func TestImportCanceledMidway(t *testing.T) {
 	src := t.TempDir()
 	kmodtest.WriteBzImage(t, filepath.Join(src, "vmlinuz"), release)
 	kmodtest.WriteGuestModules(t, filepath.Join(src, release), "")
-	for _, at := range []string{StageCopy, StageCheck} {
+	for _, at := range []string{StageCopy, StageCheck, StageModImage} {
 		s := newStore(t)
 		ctx, cancel := context.WithCancel(context.Background())
 		report := func(st api.Stage) {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sync"
+	"syscall"
 	"time"
 
 	"banger/internal/api"
@@ -26,6 +27,7 @@ const (
 	StageUnpack   = "unpack"
 	StageCopy     = "copy"
 	StageCheck    = "check modules"
+	StageModImage = "modules image"
 	StageInstall  = "install"
 )
 
@@ -48,6 +50,7 @@ type Store struct {
 	mu     sync.Mutex // one import, pull or remove at a time
 	pullMu sync.Mutex // guards pulls; never held while mu is taken
 	pulls  map[string]*flight
+	imgMu  sync.Mutex // one lazy modules image build at a time (ModulesImage)
 }
 
 // Source is what Import reads: a kernel file and a modules directory, or a
@@ -192,6 +195,19 @@ func (s *Store) importLocked(ctx context.Context, name string, src Source, force
 			return "", invalid("the modules cannot boot a banger guest: %v", err)
 		}
 		return "", nil
+	}); err != nil {
+		return store.Kernel{}, err
+	}
+	if err := step(ctx, report, StageModImage, func() (string, error) {
+		img := filepath.Join(out, ModulesImageFile)
+		if err := buildModulesImage(ctx, filepath.Join(out, "modules", k.Release), img); err != nil {
+			return "", err
+		}
+		st, err := os.Stat(img)
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%d MB used", st.Sys().(*syscall.Stat_t).Blocks*512>>20), nil
 	}); err != nil {
 		return store.Kernel{}, err
 	}

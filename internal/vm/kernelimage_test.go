@@ -66,16 +66,44 @@ func TestImageWithStoreKernel(t *testing.T) {
 	// initramfs holds init, agent and modules, and the agent channel is set.
 	v := insertVM(t, s, "vk", api.StateStopped)
 	row, _ := s.Store.GetImage(ctx, "withk")
-	if _, _, err := s.agentBoot(ctx, row, &v); err == nil || !strings.Contains(err.Error(), "banger-init") {
+	if _, err := s.agentBoot(ctx, row, &v); err == nil || !strings.Contains(err.Error(), "banger-init") {
 		t.Fatalf("boot without banger-init: %v", err)
 	}
 	bin := t.TempDir()
 	s.Init, s.Agent = filepath.Join(bin, "banger-init"), filepath.Join(bin, "banger-agent")
 	os.WriteFile(s.Init, []byte("INIT"), 0o755)
 	os.WriteFile(s.Agent, []byte("AGENT"), 0o755)
-	img, channel, err := s.agentBoot(ctx, row, &v)
+	// A kernel imported before modules images existed gets one on first boot.
+	k, _ := s.Kernels.Get(ctx, "k")
+	modImg := filepath.Join(k.Dir, kernel.ModulesImageFile)
+	if err := os.Remove(modImg); err != nil {
+		t.Fatalf("the import made no modules image: %v", err)
+	}
+	bf, err := s.agentBoot(ctx, row, &v)
 	if err != nil {
 		t.Fatal(err)
+	}
+	img, channel := bf.Initrd, bf.Channel
+	if bf.Modules != modImg {
+		t.Fatalf("modules image %q, want %q", bf.Modules, modImg)
+	}
+	// The image holds the modules tree at its root, owned by root.
+	out, err := exec.Command("debugfs", "-R", "stat /modules.builtin", modImg).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "User:     0   Group:     0") {
+		t.Fatalf("modules.builtin in the modules image: %v\n%s", err, out)
+	}
+	if cl := s.cmdline(v, true); !strings.HasSuffix(cl, " banger.modules=/dev/vdc") {
+		t.Fatalf("cmdline %q", cl)
+	}
+	if cl := s.cmdline(v, false); strings.Contains(cl, "banger.modules") {
+		t.Fatalf("cmdline without modules %q", cl)
+	}
+	d := bootDrives("/dev/root", "raw", "/w", bf.Modules)
+	if len(d) != 3 || d[2].Path != modImg || !d[2].ReadOnly || d[0].ReadOnly || d[1].ReadOnly || !d[0].Root {
+		t.Fatalf("drives %+v", d)
+	}
+	if d := bootDrives("/dev/root", "raw", "/w", ""); len(d) != 2 {
+		t.Fatalf("drives without modules %+v", d)
 	}
 	if channel != agentSocket(v) || !strings.HasPrefix(img, filepath.Join(s.Paths.CacheDir, "initrd")) {
 		t.Fatalf("initramfs %s channel %s", img, channel)

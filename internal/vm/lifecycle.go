@@ -40,9 +40,14 @@ func (s *Service) driverFor(v store.VM) (vmm.Driver, error) {
 	return nil, fmt.Errorf("vm %s was created with the %s driver but the daemon runs %s (set vmm in config.toml)", v.Name, v.Driver, s.Driver.Name())
 }
 
+// modulesDevice is the guest device of the kernel modules image: the
+// third drive, after the root (vda) and the work disk (vdb).
+const modulesDevice = "/dev/vdc"
+
 // cmdline is the guest kernel command line: the initramfs applies the
-// banger.* settings to the VM's own root disk before switching to it.
-func (s *Service) cmdline(v store.VM) string {
+// banger.* settings to the VM's own root disk before switching to it, and
+// mounts the modules image (drive 3) when the VM has one.
+func (s *Service) cmdline(v store.VM, modules bool) string {
 	gw := s.Net.Gateway()
 	dns := s.Config.Network.DNS
 	if dns == "" {
@@ -53,6 +58,9 @@ func (s *Service) cmdline(v store.VM) string {
 	if v.Driver == "firecracker" {
 		// Firecracker has no virtio-serial: the agent serves vsock instead.
 		c += fmt.Sprintf(" banger.agent_vsock=%d", agent.DefaultVsockPort)
+	}
+	if modules {
+		c += " banger.modules=" + modulesDevice
 	}
 	return c
 }
@@ -104,15 +112,14 @@ func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *sta
 	}
 
 	var m vmm.Machine
-	var channel string // the agent's host socket ("" without an agent)
+	var bf bootFiles
 	if err := st.run(ctx, StageLaunch, func() error {
 		dev, err := backend.Activate(ctx, v.Root)
 		if err != nil {
 			return err
 		}
 		undo.push("deactivate root disk", func(ctx context.Context) error { return backend.Deactivate(ctx, v.Root) })
-		var initrdPath string
-		if initrdPath, channel, err = s.agentBoot(ctx, im, v); err != nil {
+		if bf, err = s.agentBoot(ctx, im, v); err != nil {
 			return err
 		}
 		// An unprivileged daemon's VMM gets its tap as a descriptor from
@@ -125,13 +132,10 @@ func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *sta
 			defer tapFile.Close() // the VMM holds its own copy once started
 		}
 		spec := vmm.Spec{
-			Name: v.Name, RunDir: v.Dir, Kernel: im.Kernel, Initrd: initrdPath, GuestChannel: channel, Cmdline: s.cmdline(*v),
-			VCPU: v.VCPU, MemoryMiB: v.MemoryMiB, ConsoleLog: consoleLog(*v),
-			Drives: []vmm.Drive{
-				{ID: "root", Path: dev, Format: vmm.DiskFormat(v.Root.Format), Root: true},
-				{ID: "work", Path: v.WorkPath, Format: vmm.FormatRaw},
-			},
-			NICs: []vmm.NIC{{ID: "net0", Tap: v.Tap, MAC: v.MAC, File: tapFile}},
+			Name: v.Name, RunDir: v.Dir, Kernel: im.Kernel, Initrd: bf.Initrd, GuestChannel: bf.Channel,
+			Cmdline: s.cmdline(*v, bf.Modules != ""), VCPU: v.VCPU, MemoryMiB: v.MemoryMiB, ConsoleLog: consoleLog(*v),
+			Drives: bootDrives(dev, vmm.DiskFormat(v.Root.Format), v.WorkPath, bf.Modules),
+			NICs:   []vmm.NIC{{ID: "net0", Tap: v.Tap, MAC: v.MAC, File: tapFile}},
 		}
 		m, err = driver.Start(ctx, spec)
 		if err != nil {
@@ -148,7 +152,7 @@ func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *sta
 	}
 
 	if err := st.run(ctx, StageWaitGuest, func() error {
-		return s.waitGuest(ctx, v, m, channel)
+		return s.waitGuest(ctx, v, m, bf.Channel)
 	}); err != nil {
 		return err
 	}
@@ -171,42 +175,66 @@ func (s *Service) boot(ctx context.Context, v *store.VM, im store.Image, st *sta
 	return nil
 }
 
-// agentBoot returns the initramfs to boot and the agent's host socket. An
-// image booting a kernel-store kernel gets banger's generated initramfs
-// (banger-init, the kernel's virtio modules and the agent); one with its
-// own initramfs gets it with the agent appended (its init must start it);
-// without an agent or an initramfs the image's own is used and channel is "".
-func (s *Service) agentBoot(ctx context.Context, im store.Image, v *store.VM) (initrdPath, channel string, err error) {
+// bootFiles are the host files a boot needs besides the kernel and disks.
+type bootFiles struct {
+	Initrd  string // initramfs ("" for none)
+	Channel string // the agent's host socket ("" without an agent)
+	Modules string // read-only ext4 image of the kernel's modules ("" for none)
+}
+
+// bootDrives are a VM's drives in guest order: root (vda), work disk (vdb)
+// and, when the kernel has one, its modules image (vdc, read-only).
+func bootDrives(root string, format vmm.DiskFormat, work, modules string) []vmm.Drive {
+	d := []vmm.Drive{
+		{ID: "root", Path: root, Format: format, Root: true},
+		{ID: "work", Path: work, Format: vmm.FormatRaw},
+	}
+	if modules != "" {
+		d = append(d, vmm.Drive{ID: "modules", Path: modules, Format: vmm.FormatRaw, ReadOnly: true})
+	}
+	return d
+}
+
+// agentBoot returns the initramfs to boot, the agent's host socket and the
+// modules image. An image booting a kernel-store kernel gets banger's
+// generated initramfs (banger-init, the kernel's virtio modules and the
+// agent) and the kernel's modules image (built on first use for kernels
+// imported before images existed); one with its own initramfs gets it
+// with the agent appended (its init must start it) and no modules image;
+// without an agent or an initramfs the image's own is used and Channel is "".
+func (s *Service) agentBoot(ctx context.Context, im store.Image, v *store.VM) (bootFiles, error) {
 	kname, err := s.Store.ImageKernel(ctx, im.Name)
 	if err != nil {
-		return "", "", err
+		return bootFiles{}, err
 	}
+	var bf bootFiles
 	if s.Agent != "" {
-		channel = agentSocket(*v)
+		bf.Channel = agentSocket(*v)
 	}
 	cache := filepath.Join(s.Paths.CacheDir, "initrd")
 	if kname != "" {
 		if s.Kernels == nil || s.Init == "" {
-			return "", "", fmt.Errorf("image %s boots kernel %s, whose initramfs needs banger-init installed next to bangerd", im.Name, kname)
+			return bootFiles{}, fmt.Errorf("image %s boots kernel %s, whose initramfs needs banger-init installed next to bangerd", im.Name, kname)
 		}
 		k, err := s.Kernels.Get(ctx, kname)
 		if err != nil {
-			return "", "", err
+			return bootFiles{}, err
 		}
-		p, err := kernel.Initramfs(k, cache, s.Init, s.Agent)
-		if err != nil {
-			return "", "", fmt.Errorf("initramfs for kernel %s: %w", kname, err)
+		if bf.Initrd, err = kernel.Initramfs(k, cache, s.Init, s.Agent); err != nil {
+			return bootFiles{}, fmt.Errorf("initramfs for kernel %s: %w", kname, err)
 		}
-		return p, channel, nil
+		if bf.Modules, err = s.Kernels.ModulesImage(ctx, k); err != nil {
+			return bootFiles{}, fmt.Errorf("modules image for kernel %s: %w", kname, err)
+		}
+		return bf, nil
 	}
 	if s.Agent == "" || im.Initrd == "" {
-		return im.Initrd, "", nil
+		return bootFiles{Initrd: im.Initrd}, nil
 	}
-	p, err := initrd.WithAgent(cache, im.Initrd, s.Agent)
-	if err != nil {
-		return "", "", fmt.Errorf("add the guest agent to %s: %w", im.Initrd, err)
+	if bf.Initrd, err = initrd.WithAgent(cache, im.Initrd, s.Agent); err != nil {
+		return bootFiles{}, fmt.Errorf("add the guest agent to %s: %w", im.Initrd, err)
 	}
-	return p, channel, nil
+	return bf, nil
 }
 
 // waitGuest waits until the guest is ready — its agent answers when it has

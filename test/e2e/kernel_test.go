@@ -211,7 +211,7 @@ func TestKernelPull(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("kernel pull: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
-	for _, st := range []string{"resolve", "download", "unpack", "copy", "check modules", "install"} {
+	for _, st := range []string{"resolve", "download", "unpack", "copy", "check modules", "modules image", "install"} {
 		assertContains(t, "pull progress", r.stderr, st)
 	}
 	var k api.Kernel
