@@ -144,7 +144,7 @@ func TestBundlePull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(stages, " "); got != "download bundle:done unpack bundle:done copy:done check modules:done install:done" {
+	if got := strings.Join(stages, " "); got != "download bundle:done unpack bundle:done copy:done check modules:done modules image:done install:done" {
 		t.Fatalf("stages %s", got)
 	}
 	if k.Release != release || !strings.HasPrefix(k.Source, "bundle "+bs.URL+"/kb.tar.zst sha256:") {
