@@ -15,10 +15,14 @@
 //	ops.go        asynchronous operations: begin / status / wait / cancel
 //	create.go     create: reserve, disks, network, launch, wait for guest
 //	lifecycle.go  start, stop, restart, kill, and the exit watcher
-//	remove.go     delete and prune
-//	reconcile.go  adopting running VMMs and cleaning up after dead ones
+//	remove.go     delete, prune, and reconcile (adopting running VMMs, cleaning up after dead ones)
+//	set.go        changing a stopped VM's resources
+//	netopts.go    NAT and published ports of a running VM
+//	ports.go      the guests' listening sockets
 //	images.go     image registration, list, show, delete
-//	imagepull.go  image pull (asynchronous, staged, rolled back), promote, cache prune
+//	imagepull.go  image pull from a registry (asynchronous, staged, rolled back), promote, cache prune
+//	imagebundle.go catalog bundle pulls (joined when concurrent; recipe fallback when the download fails)
+//	imagedefaults.go the kernel pulled images boot, recipe builds, the default image's names
 //	exec.go       commands through the guest agent (one shared connection per VM)
 //	workspace.go  workspaces: copy a host tree in, export the guest's changes
 //
