@@ -1,13 +1,18 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"banger/internal/api"
+	"banger/internal/rpc"
 	"banger/internal/sysinstall"
 )
 
@@ -93,6 +98,9 @@ func (a *app) systemCmd() *cobra.Command {
 			if err := needRoot(); err != nil {
 				return err
 			}
+			if err := a.cleanupInstalledDaemon(cmd.Context(), o.Root); err != nil {
+				return err
+			}
 			r, err := sysinstall.Uninstall(cmd.Context(), o)
 			for _, p := range r.Removed {
 				fmt.Fprintln(a.stderr, "removed", p)
@@ -110,4 +118,30 @@ func (a *app) systemCmd() *cobra.Command {
 	c.PersistentFlags().StringVar(&o.Root, "root", "/", "install below this directory (a staging prefix) instead of /")
 	c.AddCommand(install, a.addJSON(status), uninstall)
 	return c
+}
+
+// cleanupInstalledDaemon asks the installed daemon, when it answers, to stop
+// and remove what it keeps on the host between VMs (pool taps, nftables
+// tables, the bridge: `daemon stop --cleanup`) before its files go. With a VM
+// running it refuses, and so does the uninstall. A daemon that does not
+// answer has nothing to hand back; its leftovers, if any, are named.
+func (a *app) cleanupInstalledDaemon(ctx context.Context, root string) error {
+	m, err := sysinstall.ReadMetadata(root)
+	if err != nil {
+		return nil // Uninstall reports a missing install
+	}
+	sock := filepath.Join(root, m.DaemonSocket)
+	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	cl, err := rpc.Dial(dctx, sock)
+	cancel()
+	if err != nil {
+		fmt.Fprintf(a.stderr, "the daemon does not answer on %s; its pool taps, bridge and nftables tables, if any, stay (bgtap-pool*, %s)\n", sock, "inet/bridge banger")
+		return nil
+	}
+	defer cl.Close()
+	if err := cl.Call(ctx, api.MethodDaemonStop, api.DaemonStopParams{Cleanup: true}, nil); err != nil {
+		return fmt.Errorf("uninstall refused: the daemon cannot clean up: %w", err)
+	}
+	fmt.Fprintln(a.stderr, "stopped the daemon and removed its pool taps, bridge and nftables tables")
+	return nil
 }
