@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -158,7 +159,7 @@ func (p *TapPool) fillOne() bool {
 	}
 	i := -1
 	for j := 0; j < p.size; j++ {
-		if !p.busy[j] && !contains(p.ready, j) {
+		if !p.busy[j] && !slices.Contains(p.ready, j) {
 			i = j
 			break
 		}
@@ -186,15 +187,6 @@ func (p *TapPool) fillOne() bool {
 	}
 	p.ready = append(p.ready, i)
 	return true
-}
-
-func contains(s []int, v int) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // Take renames a ready pool tap to name and reports whether it did. On a

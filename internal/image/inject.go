@@ -9,7 +9,6 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"banger/internal/oci"
@@ -196,39 +195,6 @@ func targetExists(stagingDir, p string) bool {
 	return err == nil
 }
 
-// ContentBytes sums the sizes of the regular files under dir (each inode
-// once).
-func ContentBytes(dir string) (int64, error) {
-	var n int64
-	seen := map[uint64]bool{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		if ino, ok := inode(fi); ok {
-			if seen[ino] {
-				return nil
-			}
-			seen[ino] = true
-		}
-		n += fi.Size()
-		return nil
-	})
-	return n, err
-}
-
-func inode(fi fs.FileInfo) (uint64, bool) {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok || st.Nlink < 2 {
-		return 0, false
-	}
-	return st.Ino, true
-}
-
 // seedMax bounds the work seed taken from an image's /root: it is copied
 // into every new work disk.
 const seedMax = 256 << 20
@@ -243,7 +209,7 @@ func SeedFromTree(tree string, m *oci.Manifest, seedDir string) (bool, string, e
 	if fi, err := os.Lstat(src); err != nil || !fi.IsDir() {
 		return false, "", nil
 	}
-	if n, err := ContentBytes(src); err != nil {
+	if n, err := oci.ContentBytes(src); err != nil {
 		return false, "", err
 	} else if n > seedMax {
 		return false, fmt.Sprintf("/root holds %d MiB, more than the %d MiB a work seed may; new VMs start with an empty /root", n>>20, seedMax>>20), nil

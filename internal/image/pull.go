@@ -126,7 +126,7 @@ func BuildFromOCI(ctx context.Context, req OCIRequest, staging string, run Stage
 			res.Notes = append(res.Notes, why)
 		}
 		res.WorkSeed = seeded
-		res.ContentBytes, err = ContentBytes(tree)
+		res.ContentBytes, err = oci.ContentBytes(tree)
 		return err
 	}); err != nil {
 		return res, err

@@ -119,3 +119,30 @@ func xattrs(p string) (map[string][]byte, error) {
 	}
 	return out, nil
 }
+
+// ContentBytes sums the sizes of the regular files under dir, each inode
+// once (hard links count once): the content an image holds.
+func ContentBytes(dir string) (int64, error) {
+	var n int64
+	type ino struct{ dev, ino uint64 }
+	seen := map[ino]bool{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
+			k := ino{uint64(st.Dev), st.Ino}
+			if seen[k] {
+				return nil
+			}
+			seen[k] = true
+		}
+		n += fi.Size()
+		return nil
+	})
+	return n, err
+}

@@ -16,7 +16,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -190,14 +189,14 @@ func Build(ctx context.Context, r *Recipe, dir string, opts Options, run StageRu
 		if _, err := runTool(ctx, nil, "cp", "-a", "--no-target-directory", filepath.Join(tree, "root"), res.WorkSeed); err != nil {
 			return err
 		}
-		m.WorkSeedBytes, err = contentBytes(res.WorkSeed)
+		m.WorkSeedBytes, err = oci.ContentBytes(res.WorkSeed)
 		return err
 	}); err != nil {
 		return res, err
 	}
 	res.RootFS = filepath.Join(dir, RootFSFile)
 	if err := timed(StageExt4, func() error {
-		if m.ContentBytes, err = contentBytes(tree); err != nil {
+		if m.ContentBytes, err = oci.ContentBytes(tree); err != nil {
 			return err
 		}
 		man, err := oci.ScanDir(ctx, tree)
@@ -511,32 +510,6 @@ func packages(ctx context.Context, tree string) ([]Package, error) {
 		return nil, errors.New("dpkg-query found no installed packages in the tree")
 	}
 	return pkgs, nil
-}
-
-// contentBytes sums the sizes of the regular files under dir (hardlinks once).
-func contentBytes(dir string) (int64, error) {
-	type ino struct{ dev, ino uint64 }
-	seen := map[ino]bool{}
-	var n int64
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
-			k := ino{uint64(st.Dev), st.Ino}
-			if seen[k] {
-				return nil
-			}
-			seen[k] = true
-		}
-		n += fi.Size()
-		return nil
-	})
-	return n, err
 }
 
 // hostMirror returns the archive apt on this host uses for suite.

@@ -23,12 +23,11 @@
 //	exec.go           running tools with argv in their own process group
 //	                  (killed as a group on cancel); detaching mounts under
 //	                  the tree before anything is removed.
-//	entry.go          Check (can this host build a recipe? refused at once with
-//	                  the fix when not) and BuildNamed: the daemon's entry point
-//	                  for `image pull NAME --build` into an image store's
-//	                  staging directory.
+//	entry.go          Check: can this host build a recipe? (refused at once with
+//	                  the fix when not; the daemon asks before a build)
 //	cache.go          BuildCached: one build per recipe hash under a cache
-//	                  directory (flock, staged, renamed), for CI and tests.
+//	                  directory (flock, staged, renamed): the daemon's recipe
+//	                  cache, CI and tests.
 //	debian-bookworm/  the default image: recipe.toml (suite, packages, units),
 //	                  overlay/ (files over /), root/ (/root dotfiles: the work
 //	                  seed) and an equivalent Dockerfile.

@@ -60,15 +60,19 @@ func TestCheck(t *testing.T) {
 		t.Fatalf("Check as nobody: %v\n%s", err, out)
 	}
 
-	// BuildNamed refuses a directory that is not empty and changes nothing.
+	// Build refuses a directory that is not empty and changes nothing.
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "x"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := BuildNamed(ctx, "debian-bookworm", dir, nil); err == nil || !strings.Contains(err.Error(), "not empty") {
-		t.Fatalf("BuildNamed into a non-empty directory = %v", err)
+	r, err := Check(ctx, "debian-bookworm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Build(ctx, r, dir, Options{}, nil); err == nil || !strings.Contains(err.Error(), "not empty") {
+		t.Fatalf("Build into a non-empty directory = %v", err)
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
-		t.Fatalf("BuildNamed changed %s: %v", dir, ents)
+		t.Fatalf("Build changed %s: %v", dir, ents)
 	}
 }

@@ -45,12 +45,9 @@ func (s *Service) pullBundle(ctx context.Context, e image.CatalogEntry, p api.Im
 	if p.Size != "" {
 		return api.Op{}, invalid("--size applies to registry pulls; catalog image %s has a fixed size", e.Name)
 	}
-	name := p.Name
-	if name == "" {
-		name = e.Name
-	}
-	if !imageNameRE.MatchString(name) {
-		return api.Op{}, invalid("image name %q: use 1-64 lowercase letters, digits, '.', '_' and '-', starting and ending with a letter or digit (--name)", name)
+	name, err := pullName(p.Name, e.Name)
+	if err != nil {
+		return api.Op{}, err
 	}
 	bk, err := s.pullKernel(ctx)
 	if err != nil {

@@ -19,12 +19,6 @@ import (
 	"banger/internal/store"
 )
 
-// The default image's names (see api.DefaultImage).
-const (
-	DefaultImage       = api.DefaultImage
-	DefaultImageSource = api.DefaultImageSource
-)
-
 // StagePullKernel prefixes the stages of a kernel pulled during an image
 // pull ("kernel: download", ...).
 const StagePullKernel = "kernel: "
@@ -110,12 +104,9 @@ func (s *Service) pullRecipe(ctx context.Context, r *recipe.Recipe, p api.ImageP
 	if p.Size != "" {
 		return api.Op{}, invalid("--size applies to registry pulls; recipe image %s is sized from its content", r.Name)
 	}
-	name := p.Name
-	if name == "" {
-		name = r.Name
-	}
-	if !imageNameRE.MatchString(name) {
-		return api.Op{}, invalid("image name %q: use 1-64 lowercase letters, digits, '.', '_' and '-', starting and ending with a letter or digit (--name)", name)
+	name, err := pullName(p.Name, r.Name)
+	if err != nil {
+		return api.Op{}, err
 	}
 	if _, err := recipe.Check(ctx, r.Name); err != nil {
 		return api.Op{}, rpc.Errorf(rpc.CodeFailedPrecondition, "%v", err)

@@ -65,7 +65,7 @@ func TestPullRecipeFromCache(t *testing.T) {
 	}
 	cached := seedRecipeCache(t, s, r)
 
-	op, err := s.PullImage(context.Background(), api.ImagePullParams{Ref: r.Name, Name: DefaultImage})
+	op, err := s.PullImage(context.Background(), api.ImagePullParams{Ref: r.Name, Name: api.DefaultImage})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func TestPullRecipeFromCache(t *testing.T) {
 	if got := strings.Join(names, " "); got != "recipe: build=skipped recipe: place=done register image=done" {
 		t.Fatalf("stages: %s", got)
 	}
-	im, err := s.Store.GetImage(context.Background(), DefaultImage)
+	im, err := s.Store.GetImage(context.Background(), api.DefaultImage)
 	if err != nil {
 		t.Fatal(err)
 	}

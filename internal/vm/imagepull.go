@@ -94,17 +94,14 @@ func (s *Service) PullImage(ctx context.Context, p api.ImagePullParams) (api.Op,
 			return s.pullRecipe(ctx, r, p)
 		}
 	} else if p.Build {
-		return api.Op{}, invalid("--build takes the name of a built-in recipe (e.g. %s), not a registry reference", DefaultImageSource)
+		return api.Op{}, invalid("--build takes the name of a built-in recipe (e.g. %s), not a registry reference", api.DefaultImageSource)
 	}
 	if err := image.CheckRef(ref); err != nil {
 		return api.Op{}, invalid("%v", err)
 	}
-	name := p.Name
-	if name == "" {
-		name = oci.DefaultName(ref)
-	}
-	if !imageNameRE.MatchString(name) {
-		return api.Op{}, invalid("image name %q: use 1-64 lowercase letters, digits, '.', '_' and '-', starting and ending with a letter or digit (--name)", name)
+	name, err := pullName(p.Name, oci.DefaultName(ref))
+	if err != nil {
+		return api.Op{}, err
 	}
 	req := image.OCIRequest{Ref: ref, CacheDir: s.blobCacheDir(), Insecure: p.Insecure, Hold: &s.images.blobs}
 	if p.Size != "" {

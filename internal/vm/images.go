@@ -15,6 +15,19 @@ import (
 
 var imageNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$`)
 
+// pullName is the name a pulled image gets: --name when given, else dflt
+// (derived from what is pulled), checked like a registered image's.
+func pullName(given, dflt string) (string, error) {
+	name := given
+	if name == "" {
+		name = dflt
+	}
+	if !imageNameRE.MatchString(name) {
+		return "", invalid("image name %q: use 1-64 lowercase letters, digits, '.', '_' and '-', starting and ending with a letter or digit (--name)", name)
+	}
+	return name, nil
+}
+
 // RegisterImage records host files as an unmanaged image after checking that
 // they exist and look like what they claim to be.
 func (s *Service) RegisterImage(ctx context.Context, p api.ImageRegisterParams) (api.Image, error) {

@@ -64,13 +64,13 @@ func (s *Service) validateCreate(ctx context.Context, p api.VMCreateParams) (cre
 	}
 	imageName := p.Image
 	if imageName == "" {
-		imageName = DefaultImage
+		imageName = api.DefaultImage
 	}
 	r.image, err = s.Store.GetImage(ctx, imageName)
 	if errors.Is(err, store.ErrNotFound) {
 		if p.Image == "" {
 			return r, rpc.Errorf(rpc.CodeNotFound, "no --image given and no image named %q; get it with `banger image pull %s --name %s` (vm create and vm run do that on first use), or register one with `banger image register --name %s --rootfs FILE --kernel FILE [--initrd FILE]`",
-				DefaultImage, DefaultImageSource, DefaultImage, DefaultImage)
+				api.DefaultImage, api.DefaultImageSource, api.DefaultImage, api.DefaultImage)
 		}
 		return r, rpc.Errorf(rpc.CodeNotFound, "no image named %q (see `banger image list`)", p.Image)
 	}
